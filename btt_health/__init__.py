@@ -1,0 +1,3 @@
+from btt_health.celery import app as celery_app
+
+__all__ = ("celery_app",)

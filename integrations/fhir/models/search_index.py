@@ -1,0 +1,1 @@
+"""Search index tables (owned by integrations/fhir/indexing.py). Placeholder until written."""

@@ -1,0 +1,5 @@
+from django.http import JsonResponse
+
+
+def metadata(request):
+    return JsonResponse({"resourceType": "CapabilityStatement"})
