@@ -35,5 +35,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
     """Ready to take work: the database and the broker both answer (503 naming what does not)."""
     checks = {"database": _check_database(), "broker": _check_broker()}
     failed = {name: error for name, error in checks.items() if error}
-    body = {"status": "ok" if not failed else "unavailable", "checks": {n: e or "ok" for n, e in checks.items()}}
+    body = {
+        "status": "ok" if not failed else "unavailable",
+        "checks": {n: e or "ok" for n, e in checks.items()},
+    }
     return JsonResponse(body, status=200 if not failed else 503)

@@ -45,6 +45,10 @@ BTT_FHIR_MAX_JSON_DEPTH = env_int("BTT_FHIR_MAX_JSON_DEPTH", 64, minimum=8, maxi
 BTT_FHIR_DEFAULT_COUNT = env_int("BTT_FHIR_DEFAULT_COUNT", 20, minimum=1, maximum=1000)
 BTT_FHIR_MAX_COUNT = env_int("BTT_FHIR_MAX_COUNT", 1000, minimum=1, maximum=10000)
 BTT_FHIR_MAX_BUNDLE_ENTRIES = env_int("BTT_FHIR_MAX_BUNDLE_ENTRIES", 10000, minimum=1)
+# Mounts /bench/fixed (btt_health/bench_views.py), the ceiling benchmarks/fhir_benchmark.py compares with.
+BTT_BENCH_VIEWS = env_bool("BTT_BENCH_VIEWS", False)
+# Form-encoded POST _search bodies are parsed by Django, which applies its own limit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = BTT_FHIR_MAX_BODY_BYTES
 
 # --- Django core ------------------------------------------------------------------------------
 DEBUG = env_bool("BTT_DEBUG", False)
@@ -75,6 +79,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "btt_health",  # the project's own management commands (serve, create_api_client) and tasks
     "btt_health.api_auth",
     "integrations.fhir",
 ]
@@ -128,7 +133,11 @@ if _database_url is None:
     }
 else:
     try:
-        DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+        DATABASES = {
+            "default": dj_database_url.parse(
+                _database_url, conn_max_age=env_int("BTT_DB_CONN_MAX_AGE", 600, minimum=0)
+            )
+        }
     except Exception as exc:  # dj_database_url raises several types for a bad URL
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if DATABASES["default"]["ENGINE"] not in (
@@ -138,7 +147,9 @@ else:
         raise ImproperlyConfigured(
             f"DATABASE_URL must point at PostgreSQL or SQLite, got engine {DATABASES['default']['ENGINE']}"
         )
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Off by default: the check costs a round trip per request. After a database restart each
+    # stale pooled connection then fails one request and is replaced.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env_bool("BTT_DB_CONN_HEALTH_CHECKS", False)
     _test_db = env_optional_str("BTT_TEST_DATABASE_NAME")
     if _test_db:
         DATABASES["default"]["TEST"] = {"NAME": _test_db}

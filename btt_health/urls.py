@@ -1,7 +1,8 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
-from btt_health import health
+from btt_health import bench_views, health
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -9,3 +10,6 @@ urlpatterns = [
     path("fhir", include("integrations.fhir.urls")),
     path("admin/", admin.site.urls),
 ]
+
+if settings.BTT_BENCH_VIEWS:
+    urlpatterns.append(path("bench/fixed", bench_views.fixed_json))

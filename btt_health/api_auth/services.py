@@ -73,7 +73,12 @@ def create_api_client(name: str, role: str) -> tuple[ApiClient, str]:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     client, _ = ApiClient.objects.update_or_create(
         name=name,
-        defaults={"role": role, "token_hash": hash_token(token), "token_prefix": token[:12], "is_active": True},
+        defaults={
+            "role": role,
+            "token_hash": hash_token(token),
+            "token_prefix": token[:12],
+            "is_active": True,
+        },
     )
     _cache.clear()
     return client, token

@@ -1,7 +1,7 @@
-from django.urls import path
+from django.urls import re_path
 
 from integrations.fhir import views
 
 urlpatterns = [
-    path("/metadata", views.metadata, name="fhir-metadata"),
+    re_path(r"^(?:/(?P<path>.*))?$", views.fhir_endpoint, name="fhir"),
 ]

@@ -16,5 +16,7 @@ class Command(BaseCommand):
             client, token = create_api_client(name, role)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        self.stderr.write(f"API client {client.name!r} with role {client.role}; the token is shown only once:")
+        self.stderr.write(
+            f"API client {client.name!r} with role {client.role}; the token is shown only once:"
+        )
         self.stdout.write(token)

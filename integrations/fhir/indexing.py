@@ -1,0 +1,228 @@
+"""Search indexing: turns a resource's search values into rows of the index tables.
+
+The store calls these inside its write transaction, so the index always matches the current
+version of every record:
+- `index_resource(record, resource)` after a create/update/patch (replaces the record's rows),
+- `index_resources(pairs)` for many records at once (transaction Bundles, loaders): one DELETE
+  and one multi-row INSERT per table for the whole batch,
+- `clear_index(record)` on delete.
+
+Values come from `searchparams.extract_search_values` (the `search_values` contract); a parameter
+without values writes nothing, which is what `:missing=true` looks for.
+
+Rows are written as plain tuples with one INSERT statement per table and batch (psycopg2's
+`execute_values` on PostgreSQL, `executemany` on SQLite) rather than through model instances:
+building and compiling tens of thousands of model objects cost more than the database work when
+ingesting transaction Bundles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from functools import cache
+
+from django.db import connection
+
+from integrations.fhir.models import ResourceRecord
+from integrations.fhir.models.search_index import (
+    PARAM_LEN,
+    STRING_LEN,
+    TOKEN_LEN,
+    TYPE_LEN,
+    UNIT_LEN,
+    URL_LEN,
+    DateIndex,
+    NumberIndex,
+    QuantityIndex,
+    ReferenceIndex,
+    StringIndex,
+    TokenIndex,
+    UriIndex,
+    clip,
+)
+from integrations.fhir.search_values import (
+    CompositeValue,
+    DateValue,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    SearchValue,
+    SimpleValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+
+# Open period ends are stored as these bounds so that every date comparison is a plain indexed
+# column comparison (no NULL handling in the queries).
+DATE_MIN = datetime(1, 1, 1, tzinfo=UTC)
+DATE_MAX = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+
+INDEX_MODELS = (TokenIndex, StringIndex, ReferenceIndex, DateIndex, NumberIndex, QuantityIndex, UriIndex)
+
+# The value columns of each table, in the order `_values` builds them (after the common
+# record_id, resource_type, param, group_no).
+_VALUE_FIELDS = {
+    TokenIndex: ("system", "code", "text"),
+    StringIndex: ("value", "exact"),
+    ReferenceIndex: ("target_type", "target_id", "url", "identifier_system", "identifier_value"),
+    DateIndex: ("low", "high"),
+    NumberIndex: ("value", "low", "high"),
+    QuantityIndex: ("value", "low", "high", "system", "code", "unit"),
+    UriIndex: ("uri",),
+}
+_BATCH = 2000
+
+
+def index_resource(record: ResourceRecord, resource: dict) -> None:
+    """Replace `record`'s index rows with the search values of `resource` (its current version)."""
+    index_resources([(record, resource)])
+
+
+def index_resources(pairs: list[tuple[ResourceRecord, dict]]) -> None:
+    """`index_resource` for many records: one DELETE and at most one INSERT per index table."""
+    if not pairs:
+        return
+    from integrations.fhir.searchparams import extract_search_values
+
+    rows: dict[type, list[tuple]] = {model: [] for model in INDEX_MODELS}
+    for record, resource in pairs:
+        for model, row in _rows_for(record, extract_search_values(resource)):
+            rows[model].append(row)
+    _delete_rows([record.pk for record, _ in pairs])
+    for model, model_rows in rows.items():
+        if model_rows:
+            _insert(model, model_rows)
+
+
+def clear_index(record: ResourceRecord) -> None:
+    """Remove every index row of `record` (it was deleted, so no search may find it)."""
+    _delete_rows([record.pk])
+
+
+# --- database writes ------------------------------------------------------------------------------
+
+
+@cache
+def _insert_sql(model: type) -> str:
+    meta = model._meta
+    columns = ["record_id", "resource_type", "param", "group_no", *_VALUE_FIELDS[model]]
+    quoted = ", ".join(connection.ops.quote_name(meta.get_field(c).column if c != "record_id" else c) for c in columns)
+    return f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({quoted}) VALUES "
+
+
+def _insert(model: type, rows: list[tuple]) -> None:
+    sql = _insert_sql(model)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            from psycopg2.extras import execute_values
+
+            execute_values(cursor.cursor, sql + "%s", rows, page_size=_BATCH)
+        else:
+            placeholders = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+            cursor.executemany(sql + placeholders, rows)
+
+
+def _delete_rows(record_ids: list[int]) -> None:
+    """Delete the index rows of these records: one statement per table and batch.
+
+    Records created together have consecutive ids; then a range condition replaces the long
+    IN list (one index range scan instead of an index probe per id).
+    """
+    ids = sorted(set(record_ids))
+    if not ids:
+        return
+    if ids[-1] - ids[0] + 1 == len(ids):
+        condition, params = "record_id BETWEEN %s AND %s", [ids[0], ids[-1]]
+        batches = [(condition, params)]
+    else:
+        batches = []
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start : start + _BATCH]
+            batches.append((f"record_id IN ({', '.join(['%s'] * len(chunk))})", chunk))
+    with connection.cursor() as cursor:
+        for model in INDEX_MODELS:
+            table = connection.ops.quote_name(model._meta.db_table)
+            for condition, params in batches:
+                cursor.execute(f"DELETE FROM {table} WHERE {condition}", params)
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+def _rows_for(record: ResourceRecord, values: dict[str, list[SearchValue]]) -> Iterable[tuple[type, tuple]]:
+    """(model, row tuple) for each distinct value of each parameter of one resource."""
+    from integrations.fhir.searchparams import normalize_string
+
+    record_id = record.pk
+    resource_type = clip(record.resource_type, TYPE_LEN)
+    adapt = connection.ops.adapt_datetimefield_value
+    for code, param_values in values.items():
+        seen: set[tuple] = set()
+        group_no = 0
+        for value in param_values:
+            if isinstance(value, CompositeValue):
+                group_no += 1
+                for index, component_values in enumerate(value.components):
+                    param = clip(f"{code}${index}", PARAM_LEN)
+                    for component in component_values:
+                        built = _values(component, normalize_string, adapt)
+                        if built is not None:
+                            yield built[0], (record_id, resource_type, param, group_no, *built[1])
+                continue
+            built = _values(value, normalize_string, adapt)
+            # Duplicates (the same coding twice, a name given twice) add nothing to a search.
+            if built is not None and built not in seen:
+                seen.add(built)
+                yield built[0], (record_id, resource_type, clip(code, PARAM_LEN), 0, *built[1])
+
+
+def _float(value) -> float:
+    # Range bounds may be Decimal('±Infinity'); doubles hold infinities in both databases.
+    return float(value)
+
+
+def _values(value: SimpleValue, normalize, adapt) -> tuple[type, tuple] | None:
+    """(model, value columns) for one simple value, or None when it holds nothing searchable."""
+    if isinstance(value, TokenValue):
+        if not value.code and not value.system and not value.text:
+            return None
+        text = clip(normalize(value.text), STRING_LEN) if value.text else ""
+        return TokenIndex, (clip(value.system, TOKEN_LEN), clip(value.code, TOKEN_LEN), text)
+    if isinstance(value, StringValue):
+        if not value.value:
+            return None
+        return StringIndex, (clip(normalize(value.value), STRING_LEN), value.value)
+    if isinstance(value, ReferenceValue):
+        if not (value.target_id or value.url or value.identifier_value):
+            return None
+        return ReferenceIndex, (
+            clip(value.target_type, TYPE_LEN),
+            clip(value.target_id, TYPE_LEN),
+            clip(value.url, URL_LEN),
+            clip(value.identifier_system, TOKEN_LEN),
+            clip(value.identifier_value, TOKEN_LEN),
+        )
+    if isinstance(value, DateValue):
+        if value.low is None and value.high is None:
+            return None
+        low = value.low if value.low is not None else DATE_MIN
+        high = value.high if value.high is not None else DATE_MAX
+        return DateIndex, (adapt(low), adapt(high))
+    if isinstance(value, QuantityValue):
+        return QuantityIndex, (
+            _float(value.value),
+            _float(value.low),
+            _float(value.high),
+            clip(value.system, TOKEN_LEN),
+            clip(value.code, UNIT_LEN),
+            clip(value.unit, UNIT_LEN),
+        )
+    if isinstance(value, NumberValue):
+        return NumberIndex, (_float(value.value), _float(value.low), _float(value.high))
+    if isinstance(value, UriValue):
+        if not value.uri:
+            return None
+        return UriIndex, (clip(value.uri, URL_LEN),)
+    return None

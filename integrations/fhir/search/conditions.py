@@ -1,0 +1,496 @@
+"""Search parameters turned into SQL conditions on `ResourceRecord`, through the index tables only.
+
+Every condition is an expression usable in `ResourceRecord.objects.filter(...)`: an EXISTS
+subquery on one index table correlated on the record id (PostgreSQL plans these as semi-joins
+driven by the (resource_type, param, value...) indexes), or a condition on the record's own
+columns for `_id` and `_lastUpdated`. Comma-separated values (OR) go into one subquery; each
+repeated parameter (AND) adds its own condition.
+
+Range semantics (dates): a resource value covers the half-open range [low, high) (a point when
+low == high); a search value covers [ql, qh) by its precision, and the prefixes follow R4:
+eq = contained in [ql, qh); gt = some part at or after qh; lt = some part before ql;
+ge = gt or eq; le = lt or eq; sa = starts at or after qh; eb = ends at or before ql; ne = not eq;
+ap = overlaps the search range widened by 10% of its distance from now.
+Numbers and quantities compare the resource's value as a point (as HAPI does): eq/ne/ap use the
+search value's implicit precision (`100` is [99.5, 100.5)), gt/lt/ge/le (and sa/eb) the exact value.
+"""
+
+from __future__ import annotations
+
+import operator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import reduce
+
+from django.db.models import Exists, OuterRef, Q
+
+from integrations.fhir.models import ResourceRecord
+from integrations.fhir.models.search_index import (
+    STRING_LEN,
+    TOKEN_LEN,
+    TYPE_LEN,
+    UNIT_LEN,
+    URL_LEN,
+    DateIndex,
+    NumberIndex,
+    QuantityIndex,
+    ReferenceIndex,
+    StringIndex,
+    TokenIndex,
+    UriIndex,
+    clip,
+)
+from integrations.fhir.outcomes import FhirError
+from integrations.fhir.search.values import (
+    bad_value,
+    parse_bool,
+    parse_date_range,
+    parse_number,
+    split_prefix,
+    split_unescaped,
+    unescape,
+)
+from integrations.fhir.searchparams import (
+    SearchParamDef,
+    normalize_string,
+    resource_types,
+    search_params_for,
+)
+
+MODEL_FOR_TYPE = {
+    "token": TokenIndex,
+    "string": StringIndex,
+    "reference": ReferenceIndex,
+    "date": DateIndex,
+    "number": NumberIndex,
+    "quantity": QuantityIndex,
+    "uri": UriIndex,
+}
+MODIFIERS = {
+    "token": frozenset({"missing", "not", "text"}),
+    "string": frozenset({"missing", "exact", "contains"}),
+    "reference": frozenset({"missing", "identifier"}),  # plus :[type]
+    "date": frozenset({"missing"}),
+    "number": frozenset({"missing"}),
+    "quantity": frozenset({"missing"}),
+    "uri": frozenset({"missing", "below", "above"}),
+    "composite": frozenset({"missing"}),
+}
+# Parameters on the ResourceRecord columns rather than index tables.
+COLUMN_PARAMS = ("_id", "_lastUpdated")
+
+
+class UnknownParameter(Exception):
+    """A parameter this resource type does not define (or that the server cannot search on)."""
+
+    def __init__(self, name: str, reason: str = "is not a known search parameter") -> None:
+        super().__init__(name)
+        self.name = name
+        self.reason = reason
+
+
+def _or(conditions: list[Q]) -> Q:
+    return reduce(operator.or_, conditions)
+
+
+def param_def(resource_type: str, code: str) -> SearchParamDef | None:
+    """The searchable definition of `code` on `resource_type` (None if unknown or unsearchable)."""
+    definition = search_params_for(resource_type).get(code)
+    if definition is None or definition.type == "special" or not definition.expression:
+        return None
+    return definition
+
+
+def _range_q(prefix: str, ql: datetime, qh: datetime, low: str = "low", high: str = "high") -> Q:
+    """Row condition for a date prefix: the row covers [low, high), the search value [ql, qh)."""
+    eq = Q(**{f"{low}__gte": ql, f"{high}__lte": qh, f"{low}__lt": qh})
+    gt = Q(**{f"{high}__gt": qh}) | Q(**{f"{low}__gte": qh})
+    lt = Q(**{f"{low}__lt": ql})
+    if prefix == "eq":
+        return eq
+    if prefix == "ne":
+        return ~eq
+    if prefix == "gt":
+        return gt
+    if prefix == "lt":
+        return lt
+    if prefix == "ge":
+        return gt | eq
+    if prefix == "le":
+        return lt | eq
+    if prefix == "sa":
+        return Q(**{f"{low}__gte": qh})
+    if prefix == "eb":
+        return Q(**{f"{high}__lte": ql, f"{low}__lt": ql})
+    # ap: overlap with the range widened by a tenth of its distance from now (at least a day).
+    gap = max(abs(datetime.now(UTC) - ql) / 10, timedelta(days=1))
+    wl, wh = ql - gap, qh + gap
+    return Q(**{f"{low}__lt": wh}) & (Q(**{f"{high}__gt": wl}) | Q(**{f"{low}__gte": wl}))
+
+
+def _instant_q(prefix: str, ql: datetime, qh: datetime, column: str) -> Q:
+    """Condition for a prefix on a point-in-time column (_lastUpdated)."""
+    in_range = Q(**{f"{column}__gte": ql, f"{column}__lt": qh})
+    if prefix == "eq":
+        return in_range
+    if prefix == "ne":
+        return ~in_range
+    if prefix in ("gt", "sa"):
+        return Q(**{f"{column}__gte": qh})
+    if prefix in ("lt", "eb"):
+        return Q(**{f"{column}__lt": ql})
+    if prefix == "ge":
+        return Q(**{f"{column}__gte": ql})
+    if prefix == "le":
+        return Q(**{f"{column}__lt": qh})
+    gap = max(abs(datetime.now(UTC) - ql) / 10, timedelta(days=1))
+    return Q(**{f"{column}__gte": ql - gap, f"{column}__lt": qh + gap})
+
+
+def _number_q(prefix: str, number: Decimal, low: Decimal, high: Decimal) -> Q:
+    """Row condition on the `value` column for a number/quantity prefix."""
+    exact, ql, qh = float(number), float(low), float(high)
+    if prefix == "eq":
+        return Q(value__gte=ql, value__lt=qh)
+    if prefix == "ne":
+        return Q(value__lt=ql) | Q(value__gte=qh)
+    if prefix in ("gt", "sa"):
+        return Q(value__gt=exact)
+    if prefix in ("lt", "eb"):
+        return Q(value__lt=exact)
+    if prefix == "ge":
+        return Q(value__gte=exact)
+    if prefix == "le":
+        return Q(value__lte=exact)
+    margin = abs(exact) / 10 or (qh - ql) / 2
+    return Q(value__gte=exact - margin, value__lte=exact + margin)
+
+
+def _uri_ancestors(uri: str) -> list[str]:
+    """`uri` and each of its parents at '/' boundaries, down to scheme://host (for :above)."""
+    ancestors = [uri]
+    scheme_end = uri.find("://")
+    floor = uri.find("/", scheme_end + 3) if scheme_end >= 0 else 0
+    current = uri.rstrip("/")
+    while True:
+        cut = current.rfind("/")
+        if cut <= 0 or (floor > 0 and cut < floor) or (scheme_end >= 0 and cut <= scheme_end + 2):
+            break
+        current = current[:cut]
+        ancestors.append(current)
+    return ancestors
+
+
+class ConditionBuilder:
+    """Builds record-level conditions for (parameter, value) pairs of one request.
+
+    `base_url` (the server's own FHIR base, if known) lets an absolute reference to this server
+    match the relative references stored in resources.
+    """
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/") if base_url else None
+
+    # --- entry point ------------------------------------------------------------------------
+
+    def condition(
+        self, resource_type: str, name: str, value: str, *, any_type: bool = False
+    ) -> Q | Exists | None:
+        """The condition `name=value` puts on records of `resource_type`.
+
+        None when the value is empty (ignored, as the spec says). Raises `UnknownParameter`
+        for a parameter the type does not define, `FhirError` 400 for a bad value or modifier.
+        With `any_type`, the index rows are not restricted to `resource_type` (a system-level
+        search on a parameter every searched type shares, such as `_tag`).
+        """
+        if value == "":
+            return None
+        if name.startswith("_has:"):
+            return self._has(resource_type, name, value)
+        head, dot, rest = name.partition(".")
+        code, _, modifier = head.partition(":")
+        if dot:
+            return self._chain(resource_type, name, code, modifier or None, rest, value)
+        if code == "_id":
+            return self._id(name, modifier or None, value)
+        if code == "_lastUpdated":
+            if modifier:
+                raise self._bad_modifier(name, modifier, "date")
+            return _or(
+                [
+                    _instant_q(prefix, *parse_date_range(name, rest_), column="last_updated")
+                    for prefix, rest_ in self._prefixed(name, value)
+                ]
+            )
+        definition = param_def(resource_type, code)
+        if definition is None:
+            if code in search_params_for(resource_type):
+                raise UnknownParameter(name, "is not supported by this server")
+            raise UnknownParameter(name)
+        return self._param(resource_type, definition, name, modifier or None, value, any_type)
+
+    # --- one parameter -----------------------------------------------------------------------
+
+    def _param(
+        self,
+        resource_type: str,
+        definition: SearchParamDef,
+        name: str,
+        modifier: str | None,
+        value: str,
+        any_type: bool = False,
+    ) -> Q | Exists:
+        kind = definition.type
+        type_filter = {} if any_type else {"resource_type": resource_type}
+        code = definition.code
+        if modifier is not None and modifier not in MODIFIERS.get(kind, ()):
+            if not (kind == "reference" and modifier in resource_types()):
+                raise self._bad_modifier(name, modifier, kind)
+        if modifier == "missing":
+            missing = parse_bool(name, value)
+            model = MODEL_FOR_TYPE[definition.components[0].param.type] if kind == "composite" else MODEL_FOR_TYPE[kind]
+            param = f"{code}$0" if kind == "composite" else code
+            present = Exists(model.objects.filter(record_id=OuterRef("pk"), param=param, **type_filter))
+            return ~present if missing else present
+        alternatives = split_unescaped(value, ",")
+        if kind == "composite":
+            return _or([self._composite(resource_type, definition, name, alt) for alt in alternatives])
+        row_q = _or([self._row_q(definition, name, modifier, alt) for alt in alternatives])
+        exists = Exists(
+            MODEL_FOR_TYPE[kind].objects.filter(record_id=OuterRef("pk"), param=code, **type_filter).filter(row_q)
+        )
+        # :not matches resources without any matching token, including those without the element.
+        return ~exists if modifier == "not" else exists
+
+    def _row_q(self, definition: SearchParamDef, name: str, modifier: str | None, raw: str) -> Q:
+        """Condition on one index row for one (OR-alternative) value."""
+        kind = definition.type
+        if kind == "token":
+            return self._token_q(name, modifier, raw)
+        if kind == "string":
+            text = unescape(raw)
+            normalised = clip(normalize_string(text), STRING_LEN)
+            if modifier == "exact":
+                return Q(value=normalised, exact=text)
+            if modifier == "contains":
+                return Q(value__contains=normalised)
+            return Q(value__startswith=normalised)
+        if kind == "reference":
+            return self._reference_q(definition, name, modifier, raw)
+        if kind == "date":
+            prefix, rest = split_prefix(raw)
+            self._check_prefix(name, raw, prefix, rest)
+            return _range_q(prefix, *parse_date_range(name, rest))
+        if kind == "number":
+            prefix, rest = split_prefix(raw)
+            self._check_prefix(name, raw, prefix, rest)
+            return _number_q(prefix, *parse_number(name, rest))
+        if kind == "quantity":
+            return self._quantity_q(name, raw)
+        if kind == "uri":
+            uri = unescape(raw)
+            if modifier == "below":
+                return Q(uri__startswith=clip(uri, URL_LEN))
+            if modifier == "above":
+                return Q(uri__in=[clip(u, URL_LEN) for u in _uri_ancestors(uri)])
+            return Q(uri=clip(uri, URL_LEN))
+        raise UnknownParameter(name, "is not supported by this server")
+
+    def _token_q(self, name: str, modifier: str | None, raw: str) -> Q:
+        if modifier == "text":
+            text = normalize_string(unescape(raw))
+            return Q(text__startswith=text) | Q(text__contains=f" {text}")
+        parts = split_unescaped(raw, "|")
+        if len(parts) == 1:
+            return Q(code=clip(unescape(parts[0]), TOKEN_LEN))
+        if len(parts) != 2:
+            raise bad_value(name, raw, "a token is [system]|[code] or code")
+        system, code = (clip(unescape(p), TOKEN_LEN) for p in parts)
+        if not code:
+            if not system:
+                raise bad_value(name, raw, "a token needs a system or a code")
+            return Q(system=system)
+        return Q(system=system, code=code)  # '|code' means: no system (stored as '')
+
+    def _quantity_q(self, name: str, raw: str) -> Q:
+        parts = split_unescaped(raw, "|")
+        if len(parts) not in (1, 3):
+            raise bad_value(name, raw, "a quantity is [prefix]number or [prefix]number|system|code")
+        prefix, number = split_prefix(unescape(parts[0]))
+        self._check_prefix(name, raw, prefix, number)
+        condition = _number_q(prefix, *parse_number(name, number))
+        if len(parts) == 3:
+            system, code = clip(unescape(parts[1]), TOKEN_LEN), clip(unescape(parts[2]), UNIT_LEN)
+            if system and code:
+                condition &= Q(system=system, code=code)
+            elif code:
+                # Without a system the code may be the UCUM code or the unit as displayed.
+                condition &= Q(code=code) | Q(unit=code)
+            elif system:
+                condition &= Q(system=system)
+        return condition
+
+    def _reference_q(self, definition: SearchParamDef, name: str, modifier: str | None, raw: str) -> Q:
+        if modifier == "identifier":
+            parts = split_unescaped(raw, "|")
+            if len(parts) == 1:
+                return Q(identifier_value=clip(unescape(parts[0]), TOKEN_LEN))
+            if len(parts) != 2:
+                raise bad_value(name, raw, "an identifier is [system]|value")
+            system, value = (clip(unescape(p), TOKEN_LEN) for p in parts)
+            condition = Q(identifier_system=system)
+            return condition & Q(identifier_value=value) if value else condition
+        if modifier is not None and definition.target and modifier not in definition.target:
+            raise bad_value(name, raw, f"{definition.code} cannot refer to a {modifier}")
+        text = unescape(raw)
+        if "://" in text or text.startswith("urn:"):
+            return self._absolute_reference_q(text, modifier)
+        parts = text.split("/")
+        if len(parts) == 4 and parts[2] == "_history":
+            parts = parts[:2]
+        if len(parts) == 1:
+            condition = Q(target_id=clip(text, TYPE_LEN))
+            return condition & Q(target_type=modifier) if modifier else condition
+        if len(parts) == 2 and parts[0] in resource_types():
+            if modifier and parts[0] != modifier:
+                raise bad_value(name, raw, f"the reference type {parts[0]} contradicts the modifier :{modifier}")
+            return Q(target_type=parts[0], target_id=clip(parts[1], TYPE_LEN))
+        return Q(url=clip(text.split("|", 1)[0], URL_LEN))
+
+    def _absolute_reference_q(self, text: str, modifier: str | None) -> Q:
+        # Canonical references may carry |version; the index keeps them without it.
+        url = text.split("|", 1)[0]
+        condition = Q(url=clip(url, URL_LEN))
+        if self.base_url and url.startswith(self.base_url + "/"):
+            # This server's own URL: also match the relative references stored in resources.
+            parts = url[len(self.base_url) + 1 :].split("/")
+            if len(parts) in (2, 4) and parts[0] in resource_types() and (modifier in (None, parts[0])):
+                condition |= Q(target_type=parts[0], target_id=clip(parts[1], TYPE_LEN))
+        return condition
+
+    def _composite(self, resource_type: str, definition: SearchParamDef, name: str, raw: str) -> Exists:
+        """All components must match within the same element (same record and group_no)."""
+        parts = split_unescaped(raw, "$")
+        components = definition.components
+        if len(parts) != len(components):
+            raise bad_value(
+                name, raw, f"{definition.code} needs {len(components)} values separated by '$'"
+            )
+        inner: Exists | None = None
+        for index in range(len(components) - 1, -1, -1):
+            component = components[index].param
+            if component.type not in MODEL_FOR_TYPE:
+                raise UnknownParameter(name, "is not supported by this server")
+            row_q = self._row_q(component, name, None, parts[index])
+            correlation = (
+                {"record_id": OuterRef("pk")}
+                if index == 0
+                else {"record_id": OuterRef("record_id"), "group_no": OuterRef("group_no")}
+            )
+            rows = MODEL_FOR_TYPE[component.type].objects.filter(
+                resource_type=resource_type, param=f"{definition.code}${index}", **correlation
+            ).filter(row_q)
+            if inner is not None:
+                rows = rows.filter(inner)
+            inner = Exists(rows)
+        assert inner is not None
+        return inner
+
+    def _id(self, name: str, modifier: str | None, value: str) -> Q:
+        ids = [clip(unescape(v), TYPE_LEN) for v in split_unescaped(value, ",") if v]
+        if modifier == "not":
+            return ~Q(logical_id__in=ids)
+        if modifier:
+            raise self._bad_modifier(name, modifier, "token")
+        return Q(logical_id__in=ids)
+
+    # --- chains and reverse chains -------------------------------------------------------------
+
+    def _chain(
+        self, resource_type: str, name: str, code: str, type_modifier: str | None, rest: str, value: str
+    ) -> Exists:
+        """`subject:Patient.name=peter`: references to records of the target type matching `rest`."""
+        definition = param_def(resource_type, code)
+        if definition is None:
+            raise UnknownParameter(name)
+        if definition.type != "reference":
+            raise FhirError.single(
+                400, "invalid", f"search parameter '{name}': only reference parameters can be chained"
+            )
+        if type_modifier is not None:
+            if type_modifier not in resource_types() or (
+                definition.target and type_modifier not in definition.target
+            ):
+                raise self._bad_modifier(name, type_modifier, "reference")
+            targets = [type_modifier]
+        else:
+            targets = [t for t in definition.target if t in resource_types()] or sorted(resource_types())
+        alternatives = []
+        for target in targets:
+            try:
+                inner = self.condition(target, rest, value)
+            except UnknownParameter:
+                continue  # this target type lacks the chained parameter; the others may have it
+            matching = ResourceRecord.objects.filter(resource_type=target, deleted=False)
+            if inner is not None:
+                matching = matching.filter(inner)
+            alternatives.append(Q(target_type=target, target_id__in=matching.values("logical_id")))
+        if not alternatives:
+            raise UnknownParameter(name, "names a chained parameter that no target type defines")
+        return Exists(
+            ReferenceIndex.objects.filter(
+                record_id=OuterRef("pk"), resource_type=resource_type, param=code
+            ).filter(_or(alternatives))
+        )
+
+    def _has(self, resource_type: str, name: str, value: str) -> Exists:
+        """`_has:Observation:patient:code=x`: some Observation whose `patient` refers here matches."""
+        parts = name.split(":", 3)
+        if len(parts) != 4 or not all(parts[1:]):
+            raise FhirError.single(
+                400, "invalid", f"'{name}': _has is _has:[type]:[reference parameter]:[parameter]"
+            )
+        _, source_type, ref_code, rest = parts
+        if source_type not in resource_types():
+            raise FhirError.single(400, "invalid", f"'{name}': {source_type} is not a resource type")
+        reference = param_def(source_type, ref_code)
+        if reference is None or reference.type != "reference":
+            raise FhirError.single(
+                400, "invalid", f"'{name}': {ref_code} is not a reference parameter of {source_type}"
+            )
+        inner = self.condition(source_type, rest, value)
+        sources = ResourceRecord.objects.filter(resource_type=source_type, deleted=False)
+        if inner is not None:
+            sources = sources.filter(inner)
+        return Exists(
+            ReferenceIndex.objects.filter(
+                resource_type=source_type,
+                param=ref_code,
+                target_type=resource_type,
+                target_id=OuterRef("logical_id"),
+                record_id__in=sources.values("pk"),
+            )
+        )
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _prefixed(self, name: str, value: str) -> list[tuple[str, str]]:
+        out = []
+        for alternative in split_unescaped(value, ","):
+            prefix, rest = split_prefix(alternative)
+            self._check_prefix(name, alternative, prefix, rest)
+            out.append((prefix, rest))
+        return out
+
+    @staticmethod
+    def _check_prefix(name: str, raw: str, prefix: str, rest: str) -> None:
+        if rest[:1].isalpha():
+            raise bad_value(name, raw, f"unknown prefix '{rest[:2]}' (use eq, ne, gt, lt, ge, le, sa, eb or ap)")
+        if not rest:
+            raise bad_value(name, raw, f"the prefix '{prefix}' needs a value")
+
+    @staticmethod
+    def _bad_modifier(name: str, modifier: str, kind: str) -> FhirError:
+        return FhirError.single(
+            400, "invalid", f"search parameter '{name}': the modifier :{modifier} is not supported for {kind} parameters"
+        )

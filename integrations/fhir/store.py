@@ -1,0 +1,567 @@
+"""The FHIR store's business operations: one function per interaction, each atomic.
+
+Every part of the server (the REST API, Bundles, DICOM, HL7, the AI pipeline) writes clinical data
+through these functions, so validation, versioning, referential integrity and search indexing
+happen the same way whatever the entry point.
+
+Contract shared by all writes:
+- the resource is validated first (`validation.validate_resource`); nothing is written when any
+  check fails, and the raised `FhirError` says what was wrong;
+- each write makes a new version: `meta.versionId` counts from 1, `meta.lastUpdated` is the commit
+  time (millisecond precision, UTC), and every version is kept in `ResourceVersion`;
+- relative references (`Patient/123`) must name an existing, non-deleted resource (like HAPI's
+  referential integrity on write); `urn:uuid:` and contained references are left to the caller;
+- search index rows are replaced in the same transaction, so a search never sees a half-written
+  resource.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import jsonpatch
+import orjson
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from integrations.fhir import indexing
+from integrations.fhir.models import ResourceRecord, ResourceVersion
+from integrations.fhir.outcomes import FhirError, Issue, gone, not_found
+from integrations.fhir.validation import ID_PATTERN, check_resource_type, validate_resource
+
+Method = ResourceVersion.Method
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One version of a resource as stored: its JSON text and the metadata the HTTP layer needs."""
+
+    resource_type: str
+    logical_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    text: str
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    def as_dict(self) -> dict:
+        return orjson.loads(self.text)
+
+    @classmethod
+    def of(cls, row: ResourceRecord | ResourceVersion) -> StoredResource:
+        return cls(
+            resource_type=row.resource_type,
+            logical_id=row.logical_id,
+            version_id=row.version_id,
+            last_updated=row.last_updated,
+            deleted=row.deleted,
+            text=row.text,
+        )
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did: `created` (201) or not (200), and the version now current."""
+
+    stored: StoredResource
+    created: bool
+    # Conditional create that matched an existing resource: nothing was written.
+    existing: bool = False
+
+
+def format_instant(moment: datetime) -> str:
+    """A FHIR instant in UTC with millisecond precision, as written into meta.lastUpdated."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _now() -> datetime:
+    moment = timezone.now()
+    # Kept to milliseconds so the stored column equals meta.lastUpdated exactly.
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def new_logical_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _stamp(resource: dict, logical_id: str, version_id: int, moment: datetime) -> dict:
+    """The resource with id and meta set, keys ordered resourceType, id, meta, then the rest."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = format_instant(moment)
+    stamped = {"resourceType": resource["resourceType"], "id": logical_id, "meta": meta}
+    for key, value in resource.items():
+        if key not in stamped:
+            stamped[key] = value
+    return stamped
+
+
+def _dumps(resource: dict) -> str:
+    return orjson.dumps(resource).decode()
+
+
+# --- referential integrity --------------------------------------------------------------------
+
+
+def iter_references(resource: dict, path: str | None = None) -> Iterable[tuple[str, str]]:
+    """(FHIRPath of the element, reference string) for every Reference.reference in `resource`."""
+    stack: list[tuple[str, object]] = [(path or resource.get("resourceType", ""), resource)]
+    while stack:
+        here, node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str):
+                yield here, ref
+            for key, value in node.items():
+                if key != "contained" and isinstance(value, dict | list):
+                    stack.append((f"{here}.{key}", value))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                if isinstance(item, dict | list):
+                    stack.append((f"{here}[{index}]", item))
+
+
+def parse_relative_reference(reference: str) -> tuple[str, str] | None:
+    """('Patient', '123') for 'Patient/123' or 'Patient/123/_history/2'; None for other forms."""
+    parts = reference.split("/")
+    if len(parts) in (2, 4) and (len(parts) == 2 or parts[2] == "_history"):
+        resource_type, logical_id = parts[0], parts[1]
+        if resource_type[:1].isupper() and ID_PATTERN.match(logical_id):
+            return resource_type, logical_id
+    return None
+
+
+def check_references(resources: list[dict], *, also_present: set[tuple[str, str]] | None = None) -> None:
+    """Raise FhirError naming each relative reference whose target does not exist (or is deleted).
+
+    `also_present` holds (type, id) pairs being written in the same transaction.
+    """
+    wanted: dict[tuple[str, str], str] = {}
+    for resource in resources:
+        for element, reference in iter_references(resource):
+            target = parse_relative_reference(reference)
+            if target is not None and target not in wanted:
+                wanted[target] = element
+    if also_present:
+        for target in also_present:
+            wanted.pop(target, None)
+    if not wanted:
+        return
+    ids_by_type: dict[str, list[str]] = defaultdict(list)
+    for resource_type, logical_id in wanted:
+        ids_by_type[resource_type].append(logical_id)
+    found: set[tuple[str, str]] = set()
+    for resource_type, ids in ids_by_type.items():
+        found.update(
+            ResourceRecord.objects.filter(
+                resource_type=resource_type, logical_id__in=ids, deleted=False
+            ).values_list("resource_type", "logical_id")
+        )
+    missing = [(target, element) for target, element in wanted.items() if target not in found]
+    if missing:
+        raise FhirError(
+            400,
+            [
+                # HAPI answers the same case with 400 "Resource X not found, specified in path: ..."
+                _issue_missing_reference(f"{t}/{i}", element)
+                for (t, i), element in missing
+            ],
+        )
+
+
+def _issue_missing_reference(reference: str, element: str) -> Issue:
+    return Issue(
+        code="not-found",
+        diagnostics=f"{element}.reference: the referenced resource {reference} does not exist",
+        expression=(f"{element}.reference",),
+    )
+
+
+# --- conditional interactions -----------------------------------------------------------------
+
+
+def parse_search_criteria(query: str) -> list[tuple[str, str]]:
+    """Search parameters from a conditional URL's query ('identifier=x|1&active=true')."""
+    from urllib.parse import parse_qsl
+
+    query = query.split("?", 1)[1] if "?" in query else query
+    params = parse_qsl(query, keep_blank_values=True)
+    if not params:
+        raise FhirError.single(400, "invalid", "a conditional request needs search parameters")
+    return params
+
+
+def _lock_criteria(resource_type: str, params: list[tuple[str, str]]) -> None:
+    """Serialise conditional writes with the same criteria (two If-None-Exist creates, say).
+
+    PostgreSQL: a transaction-scoped advisory lock on a hash of the criteria. SQLite runs write
+    transactions one at a time already.
+    """
+    if connection.vendor != "postgresql":
+        return
+    key = repr((resource_type, sorted(params))).encode()
+    lock_id = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+
+
+def _matches(resource_type: str, params: list[tuple[str, str]]) -> list[ResourceRecord]:
+    from integrations.fhir.search import find_matches
+
+    # Two are enough to tell "one" from "several".
+    return list(find_matches(resource_type, params)[:2])
+
+
+# --- the interactions -------------------------------------------------------------------------
+
+
+def _insert_version(record: ResourceRecord, method: str, text: str, moment: datetime) -> None:
+    ResourceVersion.objects.create(
+        record=record,
+        resource_type=record.resource_type,
+        logical_id=record.logical_id,
+        version_id=record.version_id,
+        last_updated=moment,
+        method=method,
+        text=text,
+    )
+
+
+@transaction.atomic
+def create_resource(
+    resource: dict, *, if_none_exist: str | None = None, expected_type: str | None = None
+) -> WriteResult:
+    """Create `resource` under a new server-assigned id (any id in the body is ignored, per spec).
+
+    `expected_type` is the type named by the URL, which the body must match.
+    With `if_none_exist` (the If-None-Exist header's query): no match creates; one match returns
+    it untouched (`existing=True`); several matches raise 412.
+    """
+    validate_resource(resource, expected_type=expected_type)
+    resource_type = resource["resourceType"]
+    if if_none_exist is not None:
+        params = parse_search_criteria(if_none_exist)
+        _lock_criteria(resource_type, params)
+        matches = _matches(resource_type, params)
+        if len(matches) > 1:
+            raise FhirError.single(
+                412, "duplicate", f"If-None-Exist '{if_none_exist}' matches more than one {resource_type}"
+            )
+        if matches:
+            return WriteResult(StoredResource.of(matches[0]), created=False, existing=True)
+    check_references([resource])
+    return _create(resource, new_logical_id())
+
+
+def _create(resource: dict, logical_id: str) -> WriteResult:
+    moment = _now()
+    stamped = _stamp(resource, logical_id, 1, moment)
+    text = _dumps(stamped)
+    record = ResourceRecord.objects.create(
+        resource_type=stamped["resourceType"],
+        logical_id=logical_id,
+        version_id=1,
+        last_updated=moment,
+        text=text,
+    )
+    _insert_version(record, Method.CREATE, text, moment)
+    indexing.index_resource(record, stamped)
+    return WriteResult(StoredResource.of(record), created=True)
+
+
+def read_resource(resource_type: str, logical_id: str) -> StoredResource:
+    """The current version; 404 when unknown, 410 when deleted."""
+    check_resource_type(resource_type)
+    # The hottest path of the server: one indexed lookup in plain SQL, skipping the ORM's query
+    # compilation, which costs more than the query itself.
+    with connection.cursor() as cursor:
+        cursor.execute(_READ_SQL, [resource_type, logical_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise not_found(resource_type, logical_id)
+    version_id, last_updated, deleted, text = row
+    if deleted:
+        raise gone(resource_type, logical_id, version_id)
+    if connection.vendor == "sqlite":  # raw SQLite cursors give naive datetimes or text
+        if isinstance(last_updated, str):
+            last_updated = parse_datetime(last_updated)
+        if timezone.is_naive(last_updated):
+            last_updated = last_updated.replace(tzinfo=UTC)
+        last_updated = last_updated.astimezone(UTC)
+    return StoredResource(resource_type, logical_id, version_id, last_updated, bool(deleted), text)
+
+
+_READ_SQL = (
+    f"SELECT version_id, last_updated, deleted, text FROM {ResourceRecord._meta.db_table} "
+    "WHERE resource_type = %s AND logical_id = %s"
+)
+
+
+def vread_resource(resource_type: str, logical_id: str, version_id: str) -> StoredResource:
+    """One version; 404 when unknown, 410 when that version is a deletion."""
+    check_resource_type(resource_type)
+    if not version_id.isdigit():
+        raise FhirError.single(400, "value", f"version id {version_id!r} must be a positive integer")
+    version = ResourceVersion.objects.filter(
+        resource_type=resource_type, logical_id=logical_id, version_id=int(version_id)
+    ).first()
+    if version is None:
+        raise FhirError.single(404, "not-found", f"{resource_type}/{logical_id} has no version {version_id}")
+    if version.deleted:
+        raise gone(resource_type, logical_id, version.version_id)
+    return StoredResource.of(version)
+
+
+def _check_if_match(record: ResourceRecord, if_match: int | None) -> None:
+    if if_match is not None and record.version_id != if_match:
+        raise FhirError.single(
+            412,
+            "conflict",
+            f"{record.resource_type}/{record.logical_id} is at version {record.version_id}, "
+            f"not {if_match} as If-Match expects",
+        )
+
+
+def _write_new_version(record: ResourceRecord, resource: dict, method: str) -> StoredResource:
+    moment = _now()
+    record.version_id += 1
+    record.last_updated = moment
+    record.deleted = False
+    stamped = _stamp(resource, record.logical_id, record.version_id, moment)
+    record.text = _dumps(stamped)
+    record.save(update_fields=["version_id", "last_updated", "deleted", "text"])
+    _insert_version(record, method, record.text, moment)
+    indexing.index_resource(record, stamped)
+    return StoredResource.of(record)
+
+
+@transaction.atomic
+def update_resource(
+    resource_type: str, logical_id: str, resource: dict, *, if_match: int | None = None
+) -> WriteResult:
+    """Replace the resource with `resource` as a new version; create it when unknown (201).
+
+    The body's id must equal `logical_id`. `if_match` (the ETag's version) must equal the current
+    version or 412 is raised; with `if_match` an unknown resource is 404 rather than created.
+    """
+    check_resource_type(resource_type)
+    validate_resource(resource, expected_type=resource_type)
+    body_id = resource.get("id")
+    if body_id is None:
+        raise FhirError.single(
+            400,
+            "required",
+            "an update must carry the resource id in its body",
+            expression=(f"{resource_type}.id",),
+        )
+    if body_id != logical_id:
+        raise FhirError.single(
+            400,
+            "invalid",
+            f"the id in the body ({body_id}) does not match the id in the URL ({logical_id})",
+            expression=(f"{resource_type}.id",),
+        )
+    check_references([resource])
+    record = (
+        ResourceRecord.objects.select_for_update()
+        .filter(resource_type=resource_type, logical_id=logical_id)
+        .first()
+    )
+    if record is None:
+        if if_match is not None:
+            raise not_found(resource_type, logical_id)
+        return _create(resource, logical_id)
+    _check_if_match(record, if_match)
+    was_deleted = record.deleted
+    stored = _write_new_version(record, resource, Method.UPDATE)
+    return WriteResult(stored, created=was_deleted)
+
+
+@transaction.atomic
+def conditional_update(
+    resource_type: str, criteria: str, resource: dict, *, if_match: int | None = None
+) -> WriteResult:
+    """Update the one resource matching `criteria`; create when none; 412 when several match."""
+    check_resource_type(resource_type)
+    params = parse_search_criteria(criteria)
+    _lock_criteria(resource_type, params)
+    matches = _matches(resource_type, params)
+    if len(matches) > 1:
+        raise FhirError.single(
+            412, "multiple-matches", f"conditional update '{criteria}' matches more than one {resource_type}"
+        )
+    if not matches:
+        validate_resource(resource, expected_type=resource_type)
+        check_references([resource])
+        return _create(resource, resource.get("id") or new_logical_id())
+    target = matches[0]
+    if resource.get("id") not in (None, target.logical_id):
+        raise FhirError.single(
+            400,
+            "invalid",
+            f"the id in the body ({resource['id']}) is not the id of the matching resource ({target.logical_id})",
+            expression=(f"{resource_type}.id",),
+        )
+    return update_resource(
+        resource_type, target.logical_id, {**resource, "id": target.logical_id}, if_match=if_match
+    )
+
+
+@transaction.atomic
+def patch_resource(
+    resource_type: str, logical_id: str, patch: object, *, if_match: int | None = None
+) -> WriteResult:
+    """Apply a JSON Patch (RFC 6902) to the current version and store the result as a new one.
+
+    The patched resource is validated like any update; a patch that changes id or resourceType,
+    or whose operations fail (a failed `test`, a missing path), is refused with what went wrong.
+    """
+    check_resource_type(resource_type)
+    if not isinstance(patch, list):
+        raise FhirError.single(400, "structure", "a JSON Patch body must be an array of operations")
+    record = (
+        ResourceRecord.objects.select_for_update()
+        .filter(resource_type=resource_type, logical_id=logical_id)
+        .first()
+    )
+    if record is None:
+        raise not_found(resource_type, logical_id)
+    if record.deleted:
+        raise gone(resource_type, logical_id, record.version_id)
+    _check_if_match(record, if_match)
+    current = orjson.loads(record.text)
+    try:
+        patched = jsonpatch.JsonPatch(patch).apply(current)
+    except (
+        jsonpatch.JsonPatchException,
+        jsonpatch.JsonPointerException,
+        TypeError,
+        KeyError,
+        ValueError,
+    ) as exc:
+        raise FhirError.single(422, "processing", f"the JSON Patch could not be applied: {exc}") from None
+    if patched.get("resourceType") != resource_type or patched.get("id") != logical_id:
+        raise FhirError.single(422, "processing", "a patch may not change resourceType or id")
+    validate_resource(patched, expected_type=resource_type)
+    check_references([patched])
+    return WriteResult(_write_new_version(record, patched, Method.PATCH), created=False)
+
+
+@transaction.atomic
+def delete_resource(resource_type: str, logical_id: str) -> StoredResource | None:
+    """Delete the resource, keeping its history; returns the deletion version.
+
+    Deleting an already deleted resource changes nothing and returns None; an unknown one is 404.
+    """
+    check_resource_type(resource_type)
+    record = (
+        ResourceRecord.objects.select_for_update()
+        .filter(resource_type=resource_type, logical_id=logical_id)
+        .first()
+    )
+    if record is None:
+        raise not_found(resource_type, logical_id)
+    if record.deleted:
+        return None
+    return _delete(record)
+
+
+def _delete(record: ResourceRecord) -> StoredResource:
+    moment = _now()
+    record.version_id += 1
+    record.last_updated = moment
+    record.deleted = True
+    record.text = ""
+    record.save(update_fields=["version_id", "last_updated", "deleted", "text"])
+    _insert_version(record, Method.DELETE, "", moment)
+    indexing.clear_index(record)
+    return StoredResource.of(record)
+
+
+@transaction.atomic
+def conditional_delete(resource_type: str, criteria: str) -> int:
+    """Delete the one resource matching `criteria`; returns how many were deleted (0 or 1).
+
+    Several matches raise 412, as the spec allows, rather than deleting more than was meant.
+    """
+    check_resource_type(resource_type)
+    params = parse_search_criteria(criteria)
+    _lock_criteria(resource_type, params)
+    matches = _matches(resource_type, params)
+    if len(matches) > 1:
+        raise FhirError.single(
+            412, "multiple-matches", f"conditional delete '{criteria}' matches more than one {resource_type}"
+        )
+    if not matches:
+        return 0
+    record = ResourceRecord.objects.select_for_update().get(pk=matches[0].pk)
+    _delete(record)
+    return 1
+
+
+def create_resources_bulk(resources: list[dict]) -> list[StoredResource]:
+    """Create many resources at once (transaction Bundles, loaders); must run inside an atomic block.
+
+    Each dict must already carry its final `id` (unique, not yet used) and be validated, with
+    references checked by the caller; one INSERT per table for the whole batch.
+    """
+    moment = _now()
+    records = []
+    stamped_all = []
+    for resource in resources:
+        stamped = _stamp(resource, resource["id"], 1, moment)
+        stamped_all.append(stamped)
+        records.append(
+            ResourceRecord(
+                resource_type=stamped["resourceType"],
+                logical_id=stamped["id"],
+                version_id=1,
+                last_updated=moment,
+                text=_dumps(stamped),
+            )
+        )
+    ResourceRecord.objects.bulk_create(records, batch_size=1000)
+    if any(record.pk is None for record in records):
+        # SQLite before 3.35 cannot return ids from a bulk insert; fetch them.
+        pks = dict(
+            ResourceRecord.objects.filter(logical_id__in=[r.logical_id for r in records]).values_list(
+                "logical_id", "pk"
+            )
+        )
+        for record in records:
+            record.pk = pks[record.logical_id]
+    ResourceVersion.objects.bulk_create(
+        [
+            ResourceVersion(
+                record=record,
+                resource_type=record.resource_type,
+                logical_id=record.logical_id,
+                version_id=1,
+                last_updated=moment,
+                method=Method.CREATE,
+                text=record.text,
+            )
+            for record in records
+        ],
+        batch_size=1000,
+    )
+    indexing.index_resources(list(zip(records, stamped_all, strict=True)))
+    return [StoredResource.of(record) for record in records]
+
+
+def existing_ids(resource_type: str, logical_ids: Iterable[str]) -> set[str]:
+    """The ids among `logical_ids` already used by a resource of that type (deleted ones too)."""
+    return set(
+        ResourceRecord.objects.filter(
+            resource_type=resource_type, logical_id__in=list(logical_ids)
+        ).values_list("logical_id", flat=True)
+    )
