@@ -70,7 +70,7 @@ class _Kind:
     UPDATE = "update"  # PUT [type]/[id] or PUT [type]?criteria
     PATCH = "patch"
     READ = "read"  # GET, HEAD, POST _search
-    OTHER = "other"  # any other POST: dispatched with the creates, where dispatch refuses it
+    OTHER = "other"  # POST/PUT to any other path: dispatched after the creates (dispatch refuses it)
 
 
 # Transaction processing order (R4 http.html#trules); reads come last so they see the writes.
@@ -719,6 +719,7 @@ class _Transaction:
         self._check_overlaps()
         self._rewrite_all()
         self._create_bulk()
+        # DELETEs and creates are done; the rest in order, skipping entries already answered.
         for kind in _ORDER[2:]:
             for entry in self.by_kind[kind]:
                 if entry.answer is None:
@@ -731,7 +732,7 @@ class _Transaction:
     def _conditional_match(self, resource_type: str, criteria: str, what: str):
         params = store.parse_search_criteria(criteria)
         # The same advisory lock the store takes, so concurrent conditional writes serialise.
-        store._lock_criteria(resource_type, params)
+        store.lock_criteria(resource_type, params)
         matches = _find_matches(resource_type, params)
         if len(matches) > 1:
             raise FhirError.single(

@@ -28,9 +28,7 @@ def patient_compartment_params() -> dict[str, tuple[str, ...]]:
     with COMPARTMENT_FILE.open(encoding="utf-8") as f:
         definition = json.load(f)
     return {
-        entry["code"]: tuple(entry["param"])
-        for entry in definition.get("resource", ())
-        if entry.get("param")
+        entry["code"]: tuple(entry["param"]) for entry in definition.get("resource", ()) if entry.get("param")
     }
 
 

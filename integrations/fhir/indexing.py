@@ -90,7 +90,8 @@ def index_resources(pairs: list[tuple[ResourceRecord, dict]]) -> None:
     for record, resource in pairs:
         for model, row in _rows_for(record, extract_search_values(resource)):
             rows[model].append(row)
-    _delete_rows([record.pk for record, _ in pairs])
+    # A first version (version_id 1) has never been indexed: nothing to delete for it.
+    _delete_rows([record.pk for record, _ in pairs if record.version_id > 1])
     for model, model_rows in rows.items():
         if model_rows:
             _insert(model, model_rows)
@@ -108,7 +109,9 @@ def clear_index(record: ResourceRecord) -> None:
 def _insert_sql(model: type) -> str:
     meta = model._meta
     columns = ["record_id", "resource_type", "param", "group_no", *_VALUE_FIELDS[model]]
-    quoted = ", ".join(connection.ops.quote_name(meta.get_field(c).column if c != "record_id" else c) for c in columns)
+    quoted = ", ".join(
+        connection.ops.quote_name(meta.get_field(c).column if c != "record_id" else c) for c in columns
+    )
     return f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({quoted}) VALUES "
 
 

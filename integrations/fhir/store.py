@@ -200,7 +200,7 @@ def parse_search_criteria(query: str) -> list[tuple[str, str]]:
     return params
 
 
-def _lock_criteria(resource_type: str, params: list[tuple[str, str]]) -> None:
+def lock_criteria(resource_type: str, params: list[tuple[str, str]]) -> None:
     """Serialise conditional writes with the same criteria (two If-None-Exist creates, say).
 
     PostgreSQL: a transaction-scoped advisory lock on a hash of the criteria. SQLite runs write
@@ -250,7 +250,7 @@ def create_resource(
     resource_type = resource["resourceType"]
     if if_none_exist is not None:
         params = parse_search_criteria(if_none_exist)
-        _lock_criteria(resource_type, params)
+        lock_criteria(resource_type, params)
         matches = _matches(resource_type, params)
         if len(matches) > 1:
             raise FhirError.single(
@@ -393,7 +393,7 @@ def conditional_update(
     """Update the one resource matching `criteria`; create when none; 412 when several match."""
     check_resource_type(resource_type)
     params = parse_search_criteria(criteria)
-    _lock_criteria(resource_type, params)
+    lock_criteria(resource_type, params)
     matches = _matches(resource_type, params)
     if len(matches) > 1:
         raise FhirError.single(
@@ -495,7 +495,7 @@ def conditional_delete(resource_type: str, criteria: str) -> int:
     """
     check_resource_type(resource_type)
     params = parse_search_criteria(criteria)
-    _lock_criteria(resource_type, params)
+    lock_criteria(resource_type, params)
     matches = _matches(resource_type, params)
     if len(matches) > 1:
         raise FhirError.single(

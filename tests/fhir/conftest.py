@@ -46,7 +46,9 @@ class FhirTestClient:
             f"/fhir{path}", data=data, content_type=content_type, headers=self._headers(headers)
         )
 
-    def post(self, path: str, body: Any, headers: dict[str, str] | None = None, content_type: str = FHIR_JSON):
+    def post(
+        self, path: str, body: Any, headers: dict[str, str] | None = None, content_type: str = FHIR_JSON
+    ):
         return self._send("post", path, body, headers, content_type)
 
     def put(self, path: str, body: Any, headers: dict[str, str] | None = None, content_type: str = FHIR_JSON):

@@ -153,3 +153,25 @@ def test_a_forbidden_entry_fails_the_transaction_before_anything_is_written(db):
     assert response.status_code == 403
     assert response.json()["issue"][0]["diagnostics"].startswith("Bundle.entry[1]: ")
     assert ResourceRecord.objects.count() == 0
+
+
+def test_a_concurrent_create_of_the_same_id_answers_409_and_writes_nothing(api_client, monkeypatch):
+    api_client.put(
+        "/fhir/Patient/raced", json.dumps({"resourceType": "Patient", "id": "raced"}), content_type=FHIR_JSON
+    )
+    # As if another request created Patient/raced between our id check and our insert.
+    monkeypatch.setattr("integrations.fhir.store.existing_ids", lambda resource_type, ids: set())
+    bundle = transaction(
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {
+            "resource": {"resourceType": "Patient", "id": "raced"},
+            "request": {"method": "PUT", "url": "Patient/raced"},
+        },
+    )
+
+    response = post_bundle(api_client, bundle)
+
+    assert response.status_code == 409
+    assert response.json()["issue"][0]["code"] == "conflict"
+    assert ResourceRecord.objects.count() == 1
+    assert ResourceVersion.objects.count() == 1

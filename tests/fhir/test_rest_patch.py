@@ -9,7 +9,10 @@ pytestmark = pytest.mark.django_db
 
 def test_json_patch_changes_the_resource_as_a_new_version(fhir, patient_body):
     created = fhir.post("/Patient", patient_body).json()
-    ops = [{"op": "replace", "path": "/gender", "value": "female"}, {"op": "add", "path": "/active", "value": False}]
+    ops = [
+        {"op": "replace", "path": "/gender", "value": "female"},
+        {"op": "add", "path": "/active", "value": False},
+    ]
 
     response = fhir.patch(f"/Patient/{created['id']}", ops)
 
@@ -22,7 +25,10 @@ def test_json_patch_changes_the_resource_as_a_new_version(fhir, patient_body):
 
 def test_patch_with_failing_test_op_is_422_and_changes_nothing(fhir, patient_body):
     created = fhir.post("/Patient", patient_body).json()
-    ops = [{"op": "test", "path": "/gender", "value": "female"}, {"op": "replace", "path": "/gender", "value": "other"}]
+    ops = [
+        {"op": "test", "path": "/gender", "value": "female"},
+        {"op": "replace", "path": "/gender", "value": "other"},
+    ]
 
     response = fhir.patch(f"/Patient/{created['id']}", ops)
 
@@ -34,7 +40,9 @@ def test_patch_with_failing_test_op_is_422_and_changes_nothing(fhir, patient_bod
 def test_patch_making_the_resource_invalid_is_refused(fhir, patient_body):
     created = fhir.post("/Patient", patient_body).json()
 
-    response = fhir.patch(f"/Patient/{created['id']}", [{"op": "replace", "path": "/birthDate", "value": "1974-13-45"}])
+    response = fhir.patch(
+        f"/Patient/{created['id']}", [{"op": "replace", "path": "/birthDate", "value": "1974-13-45"}]
+    )
 
     assert response.status_code == 400
     assert issues_of(response)[0]["expression"] == ["Patient.birthDate"]

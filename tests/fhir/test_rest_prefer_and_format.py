@@ -48,7 +48,9 @@ def test_format_json_and_plain_json_accept_are_served(fhir, patient_body):
 
 
 def test_xml_body_is_415(fhir):
-    response = fhir.post("/Patient", "<Patient xmlns='http://hl7.org/fhir'/>", content_type="application/fhir+xml")
+    response = fhir.post(
+        "/Patient", "<Patient xmlns='http://hl7.org/fhir'/>", content_type="application/fhir+xml"
+    )
 
     assert response.status_code == 415
 

@@ -51,13 +51,17 @@ def test_components_must_come_from_the_same_component(observations):
     assert ids("Observation", f"component-code-value-quantity={LOINC}|8462-4$gt90") == {"bp-high-dia"}
     # bp-high-sys has a component above 100 (systolic 150), but its diastolic is 80.
     assert ids("Observation", f"component-code-value-quantity={LOINC}|8462-4$gt100") == set()
-    assert ids("Observation", f"component-code-value-quantity={LOINC}|8480-6$gt90") == {"bp-high-sys", "bp-high-dia"}
+    assert ids("Observation", f"component-code-value-quantity={LOINC}|8480-6$gt90") == {
+        "bp-high-sys",
+        "bp-high-dia",
+    }
 
 
 def test_or_and_and(observations):
-    assert ids(
-        "Observation", f"code-value-quantity={LOINC}|8480-6$gt100,{LOINC}|8867-4$gt100"
-    ) == {"sys-120", "hr-120"}
+    assert ids("Observation", f"code-value-quantity={LOINC}|8480-6$gt100,{LOINC}|8867-4$gt100") == {
+        "sys-120",
+        "hr-120",
+    }
     assert ids(
         "Observation",
         f"component-code-value-quantity={LOINC}|8480-6$gt140&component-code-value-quantity={LOINC}|8462-4$lt90",

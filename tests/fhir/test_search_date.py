@@ -93,7 +93,8 @@ def test_bad_dates_are_400_naming_parameter_and_value(value):
     with pytest.raises(FhirError) as error:
         run("Observation", f"date={value}")
     assert error.value.status == 400
-    assert "date" in str(error.value) and value in str(error.value)
+    assert "date" in str(error.value)
+    assert value in str(error.value)
 
 
 def test_last_updated():
@@ -102,7 +103,8 @@ def test_last_updated():
     store.create_resource(observation("lu-2"))
     stamp = store.format_instant(first.stored.last_updated)
     ids_after = ids("Observation", f"_lastUpdated=gt{stamp}")
-    assert len(ids_after) == 1 and first.stored.logical_id not in ids_after
+    assert len(ids_after) == 1
+    assert first.stored.logical_id not in ids_after
     assert ids("Observation", f"_lastUpdated={stamp}") == {first.stored.logical_id}
     assert len(ids("Observation", "_lastUpdated=gt2000-01-01")) == 2
     assert ids("Observation", "_lastUpdated=lt2000-01-01") == set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 import pytest
 
 from integrations.fhir import search, store
@@ -33,7 +34,15 @@ def chart() -> None:
     create(patient("p2"))
     create(observation("o1", subject="Patient/p1", performer=[{"reference": "Practitioner/doc"}]))
     create(observation("o2", subject="Patient/p2"))
-    create({"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}})
+    create(
+        {
+            "resourceType": "Encounter",
+            "id": "e1",
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": {"reference": "Patient/p1"},
+        }
+    )
     create(
         {
             "resourceType": "Condition",
@@ -69,7 +78,9 @@ def test_since(chart):
     time.sleep(0.01)
     late = store.update_resource("Observation", "o-late", observation("o-late", subject="Patient/p1"))
     moment = store.format_instant(late.stored.last_updated)
-    store.update_resource("Condition", "c1", {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}})
+    store.update_resource(
+        "Condition", "c1", {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}}
+    )
     bundle = everything("p1", f"_since={moment}")
     assert matches(bundle) == {"Observation/o-late", "Condition/c1"}
 

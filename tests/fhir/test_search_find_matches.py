@@ -41,11 +41,14 @@ def test_unknown_parameters_are_400(patients):
 
 def test_conditional_create_uses_the_index(patients):
     result = store.create_resource(
-        {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "1"}]}, if_none_exist="identifier=urn:mrn|1"
+        {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "1"}]},
+        if_none_exist="identifier=urn:mrn|1",
     )
-    assert result.existing and result.stored.logical_id == "p1"
+    assert result.existing
+    assert result.stored.logical_id == "p1"
     result = store.create_resource(
-        {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "9"}]}, if_none_exist="identifier=urn:mrn|9"
+        {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "9"}]},
+        if_none_exist="identifier=urn:mrn|9",
     )
     assert result.created
     assert found([("identifier", "urn:mrn|9")]) == {result.stored.logical_id}

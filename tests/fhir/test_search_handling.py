@@ -25,7 +25,8 @@ def test_lenient_ignores_unknown_parameters_and_reports_them_first(data):
     issues = outcome_issues(bundle)
     assert [i["severity"] for i in issues] == ["warning"] * 3
     text = " ".join(i["diagnostics"] for i in issues)
-    assert "'foo'" in text and "'_text'" in text and "'_contained'" in text
+    for name in ("'foo'", "'_text'", "'_contained'"):
+        assert name in text
 
 
 def test_strict_refuses_unknown_parameters(data):
@@ -56,8 +57,7 @@ def test_unknown_or_unsupported_modifier_is_400_even_when_lenient(query, data):
     with pytest.raises(FhirError) as error:
         run("Observation", query)
     assert error.value.status == 400
-    name, value = query.split("=", 1)
-    assert name.split(":")[0] in str(error.value)
+    assert query.split(":")[0] in str(error.value)
 
 
 def test_unknown_resource_type_is_404():
@@ -70,7 +70,8 @@ def test_error_names_parameter_and_value(data):
     with pytest.raises(FhirError) as error:
         run("Observation", "date=2020-99")
     message = str(error.value)
-    assert "'date'" in message and "'2020-99'" in message
+    assert "'date'" in message
+    assert "'2020-99'" in message
     assert error.value.issues[0].code == "value"
 
 

@@ -34,7 +34,9 @@ def test_has(graph):
 
 
 def test_has_and_has(graph):
-    assert ids("Patient", "_has:Observation:patient:code=1234-5&_has:Observation:patient:status=final") == {"p1"}
+    assert ids("Patient", "_has:Observation:patient:code=1234-5&_has:Observation:patient:status=final") == {
+        "p1"
+    }
 
 
 def test_has_or_values(graph):
@@ -51,7 +53,12 @@ def test_has_with_modifier(graph):
 
 @pytest.mark.parametrize(
     "name",
-    ["_has:Observation:patient", "_has:Nope:patient:code", "_has:Observation:code:code", "_has:Observation:foo:code"],
+    [
+        "_has:Observation:patient",
+        "_has:Nope:patient:code",
+        "_has:Observation:code:code",
+        "_has:Observation:foo:code",
+    ],
 )
 def test_bad_has_is_400(name, graph):
     with pytest.raises(FhirError) as error:

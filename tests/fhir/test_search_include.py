@@ -6,7 +6,16 @@ import pytest
 
 from integrations.fhir import store
 from integrations.fhir.outcomes import FhirError
-from tests.fhir.test_search_support import create, follow, include_refs, link, match_ids, observation, patient, run
+from tests.fhir.test_search_support import (
+    create,
+    follow,
+    include_refs,
+    link,
+    match_ids,
+    observation,
+    patient,
+    run,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -18,7 +27,12 @@ def graph() -> None:
     store.update_resource(
         "Organization",
         "org",
-        {"resourceType": "Organization", "id": "org", "name": "Acme", "partOf": {"reference": "Organization/parent-org"}},
+        {
+            "resourceType": "Organization",
+            "id": "org",
+            "name": "Acme",
+            "partOf": {"reference": "Organization/parent-org"},
+        },
     )
     create({"resourceType": "Practitioner", "id": "doc", "name": [{"family": "House"}]})
     create(patient("p1", managingOrganization={"reference": "Organization/org"}))
@@ -78,7 +92,9 @@ def test_revinclude(graph):
 def test_revinclude_star_and_iterate(graph):
     bundle = run("Patient", "_id=p1&_revinclude=*")
     assert include_refs(bundle) == {"Observation/o1", "Observation/o3", "Provenance/prov"}
-    bundle = run("Organization", "_id=org&_revinclude=Patient:organization&_revinclude:iterate=Observation:subject")
+    bundle = run(
+        "Organization", "_id=org&_revinclude=Patient:organization&_revinclude:iterate=Observation:subject"
+    )
     assert include_refs(bundle) == {"Patient/p1", "Observation/o1", "Observation/o3"}
 
 

@@ -11,7 +11,12 @@ pytestmark = pytest.mark.django_db
 
 
 def risk(rid: str, probability) -> dict:
-    body = {"resourceType": "RiskAssessment", "id": rid, "status": "final", "subject": {"reference": "Patient/p"}}
+    body = {
+        "resourceType": "RiskAssessment",
+        "id": rid,
+        "status": "final",
+        "subject": {"reference": "Patient/p"},
+    }
     if probability is not None:
         body["prediction"] = [{"probabilityDecimal": probability}]
     return body
@@ -60,3 +65,14 @@ def test_bad_numbers_are_400(value, risks):
         run("RiskAssessment", f"probability={value}")
     assert error.value.status == 400
     assert "probability" in str(error.value)
+
+
+def test_range_values_with_an_open_end():
+    create(patient("p"))
+    body = risk("r-range", None)
+    body["prediction"] = [{"probabilityRange": {"low": {"value": 10}}}]
+    create(body)
+    create(risk("r-5", 5))
+    # A Range compares by its low value (its `value` in the index); the open end is stored as infinity.
+    assert ids("RiskAssessment", "probability=gt7") == {"r-range"}
+    assert ids("RiskAssessment", "probability=lt7") == {"r-5"}

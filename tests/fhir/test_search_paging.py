@@ -11,7 +11,16 @@ from integrations.fhir import store
 from integrations.fhir.models.search_index import SearchSnapshot
 from integrations.fhir.outcomes import FhirError
 from integrations.fhir.search import engine
-from tests.fhir.test_search_support import BASE, create, follow, link, match_ids, observation, outcome_issues, run
+from tests.fhir.test_search_support import (
+    BASE,
+    create,
+    follow,
+    link,
+    match_ids,
+    observation,
+    outcome_issues,
+    run,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -22,10 +31,10 @@ def make(n: int, prefix: str = "o", start: int = 0) -> list[str]:
 
 def test_pages_and_links():
     made = make(45)
-    page1 = run("Observation", "code=8867-4&_count=20")
+    page1 = run("Observation", "code=8867-4&_count=20&_total=accurate")
     assert page1["total"] == 45
     assert match_ids(page1) == made[:20]
-    assert link(page1, "self") == f"{BASE}/Observation?code=8867-4&_count=20"
+    assert link(page1, "self") == f"{BASE}/Observation?code=8867-4&_count=20&_total=accurate"
     assert link(page1, "previous") is None
     page2 = follow(link(page1, "next"))
     assert match_ids(page2) == made[20:40]
@@ -34,10 +43,41 @@ def test_pages_and_links():
     assert match_ids(page3) == made[40:]
     assert link(page3, "next") is None
     assert match_ids(follow(link(page3, "previous"))) == made[20:40]
+    assert match_ids(follow(link(page2, "previous"))) == made[:20]
     assert match_ids(follow(link(page3, "first"))) == made[:20]
-    assert link(page1, "last") == link(page3, "self")
+    assert match_ids(follow(link(page1, "last"))) == made[40:]
     for url in (link(page1, "next"), link(page2, "self"), link(page3, "first")):
         assert url.startswith(f"{BASE}?_getpages=")
+
+
+def test_total_is_left_out_of_large_unsorted_searches_unless_asked():
+    make(5)
+    page1 = run("Observation", "_count=2")
+    assert "total" not in page1
+    assert link(page1, "last") is None
+    assert match_ids(follow(link(page1, "next")))
+
+
+def test_pages_by_offset_for_clients_that_build_their_own_links():
+    made = make(9)
+    page1 = run("Observation", "_count=3")
+    url = link(page1, "next")
+    sid = url.split("_getpages=")[1].split("&")[0]
+    page = follow(f"{BASE}?_getpages={sid}&_getpagesoffset=6&_count=3")
+    assert match_ids(page) == made[6:]
+    assert link(page, "next") is None
+
+
+def test_sorted_search_pages_come_from_the_list_taken_with_page_1():
+    made = make(7)
+    page1 = run("Observation", "_sort=-_id&_count=3")
+    assert page1["total"] == 7  # known from the list at no cost
+    expected = sorted(made, reverse=True)
+    assert match_ids(page1) == expected[:3]
+    page2 = follow(link(page1, "next"))
+    assert match_ids(page2) == expected[3:6]
+    assert match_ids(follow(link(page1, "last"))) == expected[6:]
+    assert match_ids(follow(link(page2, "previous"))) == expected[:3]
 
 
 def test_single_page_has_only_self_and_exact_total():
@@ -48,7 +88,26 @@ def test_single_page_has_only_self_and_exact_total():
     assert not SearchSnapshot.objects.exists()
 
 
-def test_pages_do_not_change_when_others_write_meanwhile():
+def test_unsorted_pages_do_not_change_when_others_write_meanwhile():
+    made = make(30)
+    page1 = run("Observation", "_count=10")
+    assert match_ids(page1) == made[:10]
+    make(15, prefix="new")  # would otherwise show up on the last page
+    store.update_resource("Observation", made[15], observation(made[15], status="amended"))
+    store.delete_resource("Observation", made[25])
+    page2 = follow(link(page1, "next"))
+    assert match_ids(page2) == made[10:20]
+    assert (
+        next(e for e in page2["entry"] if e["resource"]["id"] == made[15])["resource"]["status"] == "amended"
+    )
+    page3 = follow(link(page2, "next"))
+    assert match_ids(page3) == made[20:25] + made[26:30]
+    assert link(page3, "next") is None
+    # Going back gives the same pages again.
+    assert match_ids(follow(link(page3, "previous"))) == made[10:20]
+
+
+def test_sorted_pages_do_not_change_when_others_write_meanwhile():
     make(30)
     # Newest first: without a snapshot, resources created now would push page 1's items to page 2.
     page1 = run("Observation", "_sort=-_lastUpdated,-_id&_count=10")
@@ -148,24 +207,26 @@ def test_bad_offset_is_400():
     assert error.value.status == 400
 
 
-def test_results_beyond_the_snapshot_limit(monkeypatch):
+def test_sorted_results_beyond_the_snapshot_limit(monkeypatch):
     monkeypatch.setattr(engine, "SNAPSHOT_LIMIT", 10)
     made = make(25)
-    page = run("Observation", "_count=4")
-    assert "total" not in page  # not counted unless asked
-    assert run("Observation", "_count=4&_total=accurate")["total"] == 25
+    page = run("Observation", "_count=5&_sort=-_id")
+    assert "total" not in page
+    assert "first 10" in outcome_issues(page)[0]["diagnostics"]
+    assert run("Observation", "_count=5&_sort=-_id&_total=accurate")["total"] == 25
     seen = match_ids(page)
     while link(page, "next"):
         page = follow(link(page, "next"))
         seen += match_ids(page)
-    # The default order extends the snapshot as paging goes on.
-    assert seen == made
-    assert page["total"] == 25
-
-    sorted_page = run("Observation", "_count=5&_sort=-_id")
-    assert "first 10" in outcome_issues(sorted_page)[0]["diagnostics"]
-    seen = match_ids(sorted_page)
-    while link(sorted_page, "next"):
-        sorted_page = follow(link(sorted_page, "next"))
-        seen += match_ids(sorted_page)
     assert seen == sorted(made, reverse=True)[:10]
+
+
+def test_unsorted_results_page_to_the_end_however_many_match(monkeypatch):
+    monkeypatch.setattr(engine, "SNAPSHOT_LIMIT", 10)
+    made = make(25)
+    page = run("Observation", "_count=4")
+    seen = match_ids(page)
+    while link(page, "next"):
+        page = follow(link(page, "next"))
+        seen += match_ids(page)
+    assert seen == made

@@ -18,7 +18,9 @@ def graph() -> None:
     create(observation("o1", subject="Patient/p1"))
     create(observation("o2", subject="Patient/p2"))
     create(observation("o3", subject="Group/p1"))
-    create(observation("o4", subject=None) | {"subject": {"identifier": {"system": "urn:mrn", "value": "123"}}})
+    create(
+        observation("o4", subject=None) | {"subject": {"identifier": {"system": "urn:mrn", "value": "123"}}}
+    )
     create(observation("o5", subject=f"{BASE}/Patient/p2"))
     create(observation("o6"))
 

@@ -11,7 +11,13 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def patients() -> None:
-    create({"resourceType": "Patient", "id": "peter", "name": [{"family": "Chalmers", "given": ["Peter", "James"]}]})
+    create(
+        {
+            "resourceType": "Patient",
+            "id": "peter",
+            "name": [{"family": "Chalmers", "given": ["Peter", "James"]}],
+        }
+    )
     create({"resourceType": "Patient", "id": "pete", "name": [{"family": "Petersen", "given": ["Anna"]}]})
     create({"resourceType": "Patient", "id": "chloe", "name": [{"family": "Chémers", "given": ["Chloé"]}]})
     create({"resourceType": "Patient", "id": "noname", "gender": "other"})

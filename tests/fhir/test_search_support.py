@@ -70,7 +70,9 @@ def patient(pid: str, family: str = "Doe", **extra) -> dict:
     return {"resourceType": "Patient", "id": pid, "name": [{"family": family}], **extra}
 
 
-def observation(oid: str, *, code: str = "8867-4", system: str = LOINC, subject: str | None = None, **extra) -> dict:
+def observation(
+    oid: str, *, code: str = "8867-4", system: str = LOINC, subject: str | None = None, **extra
+) -> dict:
     body = {
         "resourceType": "Observation",
         "id": oid,

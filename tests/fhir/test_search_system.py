@@ -43,7 +43,10 @@ def test_id_across_types(data):
 
 
 def test_shared_parameter_across_all_types(data):
-    assert full_urls(run(None, f"_tag={TAG['system']}|imported")) == {f"{BASE}/Patient/p1", f"{BASE}/Observation/o1"}
+    assert full_urls(run(None, f"_tag={TAG['system']}|imported")) == {
+        f"{BASE}/Patient/p1",
+        f"{BASE}/Observation/o1",
+    }
 
 
 def test_parameter_of_some_types_only_matches_those(data):

@@ -90,8 +90,22 @@ def test_id_parameter(observations):
 
 
 def test_identifier_and_boolean_tokens():
-    create({"resourceType": "Patient", "id": "p1", "active": True, "identifier": [{"system": "urn:mrn", "value": "A1"}]})
-    create({"resourceType": "Patient", "id": "p2", "active": False, "identifier": [{"system": "urn:x", "value": "A1"}]})
+    create(
+        {
+            "resourceType": "Patient",
+            "id": "p1",
+            "active": True,
+            "identifier": [{"system": "urn:mrn", "value": "A1"}],
+        }
+    )
+    create(
+        {
+            "resourceType": "Patient",
+            "id": "p2",
+            "active": False,
+            "identifier": [{"system": "urn:x", "value": "A1"}],
+        }
+    )
     assert ids("Patient", "identifier=urn:mrn|A1") == {"p1"}
     assert ids("Patient", "identifier=A1") == {"p1", "p2"}
     assert ids("Patient", "active=true") == {"p1"}

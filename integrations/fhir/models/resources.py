@@ -24,7 +24,9 @@ class ResourceRecord(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["resource_type", "logical_id"], name="fhir_resource_type_id_unique")
+            models.UniqueConstraint(
+                fields=["resource_type", "logical_id"], name="fhir_resource_type_id_unique"
+            )
         ]
         indexes = [
             models.Index(fields=["resource_type", "deleted", "last_updated"], name="fhir_res_type_updated"),
@@ -53,17 +55,15 @@ class ResourceVersion(models.Model):
     text = models.TextField(blank=True, default="")
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["record", "version_id"], name="fhir_version_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["record", "version_id"], name="fhir_version_unique")]
         indexes = [
             models.Index(fields=["resource_type", "last_updated"], name="fhir_ver_type_updated"),
             models.Index(fields=["last_updated"], name="fhir_ver_updated"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.logical_id}/_history/{self.version_id}"
+
     @property
     def deleted(self) -> bool:
         return self.method == self.Method.DELETE
-
-    def __str__(self) -> str:
-        return f"{self.resource_type}/{self.logical_id}/_history/{self.version_id}"

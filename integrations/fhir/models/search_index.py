@@ -64,6 +64,9 @@ class _IndexRow(models.Model):
     class Meta:
         abstract = True
 
+    def __str__(self) -> str:
+        return f"{self.resource_type}.{self.param} of record {self.record_id}"
+
 
 class TokenIndex(_IndexRow):
     """code / Coding / CodeableConcept / Identifier / ContactPoint / boolean values."""
@@ -112,9 +115,13 @@ class ReferenceIndex(_IndexRow):
     class Meta:
         db_table = "fhir_idx_reference"
         indexes = [
-            models.Index(fields=["resource_type", "param", "target_id", "target_type"], name="fhir_ref_search"),
+            models.Index(
+                fields=["resource_type", "param", "target_id", "target_type"], name="fhir_ref_search"
+            ),
             # Reverse direction: _revinclude, _has, chains, Patient/$everything.
-            models.Index(fields=["target_type", "target_id", "resource_type", "param"], name="fhir_ref_target"),
+            models.Index(
+                fields=["target_type", "target_id", "resource_type", "param"], name="fhir_ref_target"
+            ),
             models.Index(fields=["resource_type", "param", "url"], name="fhir_ref_url"),
             models.Index(fields=["record", "param"], name="fhir_ref_rec"),
         ]

@@ -93,7 +93,8 @@ def everything_bundle(patient_id: str, params: list[tuple[str, str]], *, base_ur
 
     Supports `_count`, `_since` (last updated at or after) and `_type` (compartment types to
     return; no referenced resources are added then); `_summary` and `_elements` shape the
-    entries. The caller checks that the Patient exists.
+    entries. `total` counts the matches (not the included resources). The caller checks that
+    the Patient exists.
     """
     request = _everything_request(patient_id, params)
     return first_page(
@@ -134,6 +135,8 @@ def _rebuild(snapshot: SearchSnapshot, base_url: str) -> SearchRequest:
 def _everything_request(patient_id: str, params: list[tuple[str, str]]) -> SearchRequest:
     request = SearchRequest(resource_type=None, types=None, filter=None)
     request.count = parse_request(None, [], strict=False).count
+    # A patient's compartment is small enough to count: $everything always gives its total.
+    request.total_mode = "accurate"
     since = None
     types: tuple[str, ...] | None = None
     for name, value in params:
@@ -149,7 +152,9 @@ def _everything_request(patient_id: str, params: list[tuple[str, str]]) -> Searc
             types = names or None
         elif name == "_summary":
             if value not in SUMMARY_MODES:
-                raise FhirError.single(400, "value", f"_summary: '{value}' is not one of {', '.join(SUMMARY_MODES)}")
+                raise FhirError.single(
+                    400, "value", f"_summary: '{value}' is not one of {', '.join(SUMMARY_MODES)}"
+                )
             request.summary = value
         elif name == "_elements":
             request.elements = tuple(e.strip() for e in value.split(",") if e.strip()) or None
@@ -172,4 +177,3 @@ def _everything_request(patient_id: str, params: list[tuple[str, str]]) -> Searc
         # Resources the compartment refers to (Practitioner, Organization, Medication, ...).
         request.includes = [Include("*", "*", None, iterate=False)]
     return request
-

@@ -243,12 +243,16 @@ class ConditionBuilder:
         kind = definition.type
         type_filter = {} if any_type else {"resource_type": resource_type}
         code = definition.code
-        if modifier is not None and modifier not in MODIFIERS.get(kind, ()):
-            if not (kind == "reference" and modifier in resource_types()):
-                raise self._bad_modifier(name, modifier, kind)
+        type_modifier = kind == "reference" and modifier in resource_types()
+        if modifier is not None and modifier not in MODIFIERS.get(kind, ()) and not type_modifier:
+            raise self._bad_modifier(name, modifier, kind)
         if modifier == "missing":
             missing = parse_bool(name, value)
-            model = MODEL_FOR_TYPE[definition.components[0].param.type] if kind == "composite" else MODEL_FOR_TYPE[kind]
+            model = (
+                MODEL_FOR_TYPE[definition.components[0].param.type]
+                if kind == "composite"
+                else MODEL_FOR_TYPE[kind]
+            )
             param = f"{code}$0" if kind == "composite" else code
             present = Exists(model.objects.filter(record_id=OuterRef("pk"), param=param, **type_filter))
             return ~present if missing else present
@@ -257,7 +261,9 @@ class ConditionBuilder:
             return _or([self._composite(resource_type, definition, name, alt) for alt in alternatives])
         row_q = _or([self._row_q(definition, name, modifier, alt) for alt in alternatives])
         exists = Exists(
-            MODEL_FOR_TYPE[kind].objects.filter(record_id=OuterRef("pk"), param=code, **type_filter).filter(row_q)
+            MODEL_FOR_TYPE[kind]
+            .objects.filter(record_id=OuterRef("pk"), param=code, **type_filter)
+            .filter(row_q)
         )
         # :not matches resources without any matching token, including those without the element.
         return ~exists if modifier == "not" else exists
@@ -353,7 +359,9 @@ class ConditionBuilder:
             return condition & Q(target_type=modifier) if modifier else condition
         if len(parts) == 2 and parts[0] in resource_types():
             if modifier and parts[0] != modifier:
-                raise bad_value(name, raw, f"the reference type {parts[0]} contradicts the modifier :{modifier}")
+                raise bad_value(
+                    name, raw, f"the reference type {parts[0]} contradicts the modifier :{modifier}"
+                )
             return Q(target_type=parts[0], target_id=clip(parts[1], TYPE_LEN))
         return Q(url=clip(text.split("|", 1)[0], URL_LEN))
 
@@ -373,9 +381,7 @@ class ConditionBuilder:
         parts = split_unescaped(raw, "$")
         components = definition.components
         if len(parts) != len(components):
-            raise bad_value(
-                name, raw, f"{definition.code} needs {len(components)} values separated by '$'"
-            )
+            raise bad_value(name, raw, f"{definition.code} needs {len(components)} values separated by '$'")
         inner: Exists | None = None
         for index in range(len(components) - 1, -1, -1):
             component = components[index].param
@@ -387,9 +393,13 @@ class ConditionBuilder:
                 if index == 0
                 else {"record_id": OuterRef("record_id"), "group_no": OuterRef("group_no")}
             )
-            rows = MODEL_FOR_TYPE[component.type].objects.filter(
-                resource_type=resource_type, param=f"{definition.code}${index}", **correlation
-            ).filter(row_q)
+            rows = (
+                MODEL_FOR_TYPE[component.type]
+                .objects.filter(
+                    resource_type=resource_type, param=f"{definition.code}${index}", **correlation
+                )
+                .filter(row_q)
+            )
             if inner is not None:
                 rows = rows.filter(inner)
             inner = Exists(rows)
@@ -485,12 +495,18 @@ class ConditionBuilder:
     @staticmethod
     def _check_prefix(name: str, raw: str, prefix: str, rest: str) -> None:
         if rest[:1].isalpha():
-            raise bad_value(name, raw, f"unknown prefix '{rest[:2]}' (use eq, ne, gt, lt, ge, le, sa, eb or ap)")
+            if raw.startswith(prefix):
+                raise bad_value(name, raw, f"'{rest}' after the prefix '{prefix}' is not a value")
+            raise bad_value(
+                name, raw, f"unknown prefix '{rest[:2]}' (use eq, ne, gt, lt, ge, le, sa, eb or ap)"
+            )
         if not rest:
             raise bad_value(name, raw, f"the prefix '{prefix}' needs a value")
 
     @staticmethod
     def _bad_modifier(name: str, modifier: str, kind: str) -> FhirError:
         return FhirError.single(
-            400, "invalid", f"search parameter '{name}': the modifier :{modifier} is not supported for {kind} parameters"
+            400,
+            "invalid",
+            f"search parameter '{name}': the modifier :{modifier} is not supported for {kind} parameters",
         )

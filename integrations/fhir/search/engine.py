@@ -1,15 +1,24 @@
-"""Running a parsed search: pages, paging snapshots, _include/_revinclude and the searchset Bundle.
+"""Running a parsed search: pages, paging state, _include/_revinclude and the searchset Bundle.
 
-Paging: when the matches do not fit in one page, the ordered list of matching record ids is
-stored in a `SearchSnapshot` (at most SNAPSHOT_LIMIT ids at a time) and the paging links name it,
-so every page is cut from the list as it was when page 1 was served: a resource created, updated
-or re-sorted by another client meanwhile is neither repeated nor skipped. A snapshot page shows
-each resource's current version; resources deleted since are left out. Searches in the default
-order (record id) extend a full snapshot with the next SNAPSHOT_LIMIT ids (those after the last one)
-when paging reaches its end; searches with `_sort` stop there and say so in an outcome entry.
+Paging must stay correct while other clients write: no match repeated or skipped between pages.
+Every multi-page search stores a `SearchSnapshot` that its paging links name
+(`?_getpages=<id>&...`), in one of two ways:
 
-`total` is given whenever it costs nothing extra (one page, or a complete snapshot), and counted
-when `_total=accurate`/`estimate` asks for it; `_total=none` leaves it out.
+- Default order (record id, no `_sort`): cursor paging. Page 1 records the highest record id
+  (`watermark`); each link carries the id it continues after (`_after`) or before (`_before`), and
+  pages are the matches with ids up to the watermark. Record ids never change, so no resource is
+  repeated or skipped; resources created after page 1 never appear; a resource updated since
+  appears as it is now if it still matches, and deleted ones drop out. Each page costs what page 1
+  costs (fetch `_count`+1 rows), however many resources match.
+  Caveat: a transaction that was still running when page 1 was served, and whose new resources
+  got ids below the watermark, shows those resources on later pages once it commits (PostgreSQL
+  hands out ids before commit). Nothing is repeated or skipped because of it.
+- `_sort`: the ordered ids of the matches (up to SNAPSHOT_LIMIT) are stored with page 1 (the sort
+  must see every match anyway), and every page is cut from that list; each resource is shown as
+  it is now, deleted ones are left out.
+
+`total` is given when it costs nothing extra (a single page, or a sorted snapshot) and counted
+when `_total=accurate` or `_total=estimate` asks for it; `_total=none` leaves it out.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from functools import reduce
 from urllib.parse import urlencode
 
 import orjson
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
 from integrations.fhir.models import ResourceRecord
@@ -34,7 +43,7 @@ from integrations.fhir.outcomes import FhirError, Issue, operation_outcome
 from integrations.fhir.search.request import Include, SearchRequest, parse_count
 from integrations.fhir.search.shaping import shape
 
-SNAPSHOT_LIMIT = 10_000  # record ids per snapshot (extended in steps this size in default order)
+SNAPSHOT_LIMIT = 10_000  # ids kept for a sorted search
 SNAPSHOT_TTL = timedelta(hours=1)
 MAX_INCLUDED = 5_000  # included resources per page
 MAX_INCLUDE_DEPTH = 5  # rounds of :iterate
@@ -58,51 +67,57 @@ def first_page(
     kind: str,
     stored_params: dict,
 ) -> dict:
-    """The first page of `request`'s results, taking a snapshot when there are more pages."""
+    """The first page of `request`'s results, with paging state when there are more pages."""
     issues = list(request.issues)
     records = request.queryset()
+    counted = request.total_mode in ("accurate", "estimate")
     if request.count == 0 or request.summary == "count":
         total = None if request.total_mode == "none" else records.count()
         return _bundle(total, [_link("self", self_url)], _outcome(issues))
 
     count = request.count
-    rows = _rows(records, count + 1)
+    if request.default_order:
+        rows, watermark = _rows_and_watermark(records, count + 1)
+    else:
+        rows, watermark = _rows(records, count + 1), None
     if len(rows) <= count:
         total = None if request.total_mode == "none" else len(rows)
         entries = _page_entries(request, rows, base_url, issues)
         return _bundle(total, [_link("self", self_url)], _outcome(issues) + entries)
 
-    ids = list(records.values_list("pk", flat=True)[: SNAPSHOT_LIMIT + 1])
-    complete = len(ids) <= SNAPSHOT_LIMIT
-    ids = ids[:SNAPSHOT_LIMIT]
-    if complete:
-        total: int | None = len(ids)
-    elif request.total_mode in ("accurate", "estimate"):
-        total = records.count()
-    else:
-        total = None
-    snapshot = _create_snapshot(request, kind, stored_params, ids, total, complete)
-    page_ids = ids[:count]
-    if [row.pk for row in rows[:count]] != page_ids:
-        # A write landed between the two queries: page 1 is the snapshot's first page.
-        rows = _rows_by_ids(page_ids)
-    else:
+    if request.default_order:
+        total = records.count() if counted else None
+        snapshot = _create_snapshot(request, kind, stored_params, watermark=watermark, total=total)
         rows = rows[:count]
+        links = [
+            _link("self", self_url),
+            *_cursor_links(base_url, snapshot, rows, 0, count, previous=False, more=True),
+        ]
+    else:
+        ids = list(records.values_list("pk", flat=True)[: SNAPSHOT_LIMIT + 1])
+        complete = len(ids) <= SNAPSHOT_LIMIT
+        ids = ids[:SNAPSHOT_LIMIT]
+        total = len(ids) if complete else (records.count() if counted else None)
+        snapshot = _create_snapshot(request, kind, stored_params, ids=ids, total=total, complete=complete)
+        page_ids = ids[:count]
+        # If a write landed between the two queries, page 1 is the snapshot's first page.
+        rows = rows[:count] if [row.pk for row in rows[:count]] == page_ids else _rows_by_ids(page_ids)
+        links = [_link("self", self_url), *_list_links(base_url, snapshot, len(ids), 0, count)]
     entries = _page_entries(request, rows, base_url, issues)
-    links = [_link("self", self_url), *_paging_links(base_url, snapshot, ids, 0, count, request)]
     if request.total_mode == "none":
         total = None
-    return _bundle(total, links, _outcome(_limit_issues(snapshot, request, issues)) + entries)
+    return _bundle(total, links, _outcome(_limit_issues(snapshot, issues)) + entries)
 
 
-def next_page(params: list[tuple[str, str]], *, base_url: str, rebuild: Callable[[SearchSnapshot], SearchRequest]) -> dict:
-    """A later page of a snapshot: `_getpages=<id>&_getpagesoffset=<n>&_count=<n>`."""
+def next_page(
+    params: list[tuple[str, str]], *, base_url: str, rebuild: Callable[[SearchSnapshot], SearchRequest]
+) -> dict:
+    """A later page: `_getpages=<id>` with `_after`/`_before` (cursor) or `_getpagesoffset`, `_count`."""
     values = dict(params)
     snapshot_id = values.get("_getpages", "")
-    offset_text = values.get("_getpagesoffset", "0")
-    if not offset_text.isdigit():
-        raise FhirError.single(400, "value", f"_getpagesoffset: '{offset_text}' is not a non-negative integer")
-    offset = int(offset_text)
+    offset = _non_negative(values, "_getpagesoffset", 0)
+    after = _non_negative(values, "_after", None)
+    before = _non_negative(values, "_before", None)
     snapshot = SearchSnapshot.objects.filter(pk=snapshot_id, expires__gt=timezone.now()).first()
     if snapshot is None:
         raise FhirError.single(
@@ -110,18 +125,31 @@ def next_page(params: list[tuple[str, str]], *, base_url: str, rebuild: Callable
         )
     request = rebuild(snapshot)
     count = parse_count(values["_count"]) if "_count" in values else request.count
-    if count == 0:
-        count = request.count or 1
-    ids = _snapshot_ids(snapshot)
-    if offset + count > len(ids) and not snapshot.complete and request.default_order:
-        ids = _extend_snapshot(snapshot, request, ids)
-    rows = _rows_by_ids(ids[offset : offset + count])
+    count = count or request.count or 1
     issues: list[Issue] = []
+    if snapshot.watermark is not None:
+        rows, previous, more, offset = _cursor_page(request, snapshot, count, offset, after, before)
+        links = _cursor_links(base_url, snapshot, rows, offset, count, previous=previous, more=more)
+        self_url = _page_url(base_url, snapshot.id, offset, count, after=after, before=before)
+    else:
+        ids = _snapshot_ids(snapshot)
+        rows = _rows_by_ids(ids[offset : offset + count])
+        links = _list_links(base_url, snapshot, len(ids), offset, count)
+        self_url = _page_url(base_url, snapshot.id, offset, count)
     entries = _page_entries(request, rows, base_url, issues)
-    self_url = _page_url(base_url, snapshot.id, offset, count)
-    links = [_link("self", self_url), *_paging_links(base_url, snapshot, ids, offset, count, request)]
     total = None if request.total_mode == "none" else snapshot.total
-    return _bundle(total, links, _outcome(_limit_issues(snapshot, request, issues)) + entries)
+    return _bundle(
+        total, [_link("self", self_url), *links], _outcome(_limit_issues(snapshot, issues)) + entries
+    )
+
+
+def _non_negative(values: dict[str, str], name: str, default: int | None) -> int | None:
+    text = values.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise FhirError.single(400, "value", f"{name}: '{text}' is not a non-negative integer")
+    return int(text)
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -149,18 +177,32 @@ def _rows_for_targets(pairs: set[tuple[str, str]], limit: int) -> list[Row]:
     by_type: dict[str, list[str]] = defaultdict(list)
     for resource_type, logical_id in pairs:
         by_type[resource_type].append(logical_id)
-    condition = reduce(
-        operator.or_, (Q(resource_type=t, logical_id__in=ids) for t, ids in by_type.items())
-    )
+    condition = reduce(operator.or_, (Q(resource_type=t, logical_id__in=ids) for t, ids in by_type.items()))
     records = ResourceRecord.objects.filter(deleted=False).filter(condition).order_by("pk")
     return _rows(records, limit)
 
 
-# --- snapshots ----------------------------------------------------------------------------------
+# --- paging state --------------------------------------------------------------------------------
+
+
+def _rows_and_watermark(records: QuerySet, limit: int) -> tuple[list[Row], int]:
+    """Page 1 and the highest record id, read by one statement so that both see the same state."""
+    highest = ResourceRecord.objects.order_by("-pk").values("pk")[:1]
+    values = list(
+        records.annotate(watermark=Subquery(highest)).values_list(*_ROW_FIELDS, "watermark")[:limit]
+    )
+    return [Row(*row[:-1]) for row in values], (values[0][-1] if values else 0)
 
 
 def _create_snapshot(
-    request: SearchRequest, kind: str, stored_params: dict, ids: list[int], total: int | None, complete: bool
+    request: SearchRequest,
+    kind: str,
+    stored_params: dict,
+    *,
+    watermark: int | None = None,
+    ids: list[int] | None = None,
+    total: int | None = None,
+    complete: bool = True,
 ) -> SearchSnapshot:
     now = timezone.now()
     # Expired snapshots go when new ones come (an indexed range delete, usually of nothing).
@@ -172,7 +214,8 @@ def _create_snapshot(
         resource_type=request.resource_type or "",
         kind=kind,
         params=json.dumps(stored_params),
-        ids=",".join(map(str, ids)),
+        watermark=watermark,
+        ids=",".join(map(str, ids or ())),
         total=total,
         complete=complete,
     )
@@ -182,24 +225,34 @@ def _snapshot_ids(snapshot: SearchSnapshot) -> list[int]:
     return [int(pk) for pk in snapshot.ids.split(",")] if snapshot.ids else []
 
 
-def _extend_snapshot(snapshot: SearchSnapshot, request: SearchRequest, ids: list[int]) -> list[int]:
-    """Append the next SNAPSHOT_LIMIT matches after the last id (default order only)."""
-    more = list(
-        request.queryset().filter(pk__gt=ids[-1]).values_list("pk", flat=True)[: SNAPSHOT_LIMIT + 1]
-    )
-    snapshot.complete = len(more) <= SNAPSHOT_LIMIT
-    ids = ids + more[:SNAPSHOT_LIMIT]
-    snapshot.ids = ",".join(map(str, ids))
-    if snapshot.complete and snapshot.total is None:
-        snapshot.total = len(ids)
-    SearchSnapshot.objects.filter(pk=snapshot.pk).update(
-        ids=snapshot.ids, complete=snapshot.complete, total=snapshot.total
-    )
-    return ids
+def _cursor_page(
+    request: SearchRequest,
+    snapshot: SearchSnapshot,
+    count: int,
+    offset: int,
+    after: int | None,
+    before: int | None,
+) -> tuple[list[Row], bool, bool, int]:
+    """(rows, whether some precede, whether more follow, offset) of a default-order page.
+
+    `_after` continues after a record id, `_before` goes back from one; without either the page
+    starts at `_getpagesoffset` (for clients that build offsets themselves).
+    """
+    records = request.queryset().filter(pk__lte=snapshot.watermark)
+    if before is not None:
+        rows = _rows(records.filter(pk__lt=before).order_by("-pk"), count + 1)
+        earlier = len(rows) > count
+        rows = list(reversed(rows[:count]))
+        return rows, earlier, records.filter(pk__gte=before).exists(), offset if earlier else 0
+    if after is not None:
+        rows = _rows(records.filter(pk__gt=after), count + 1)
+        return rows[:count], after > 0, len(rows) > count, offset
+    rows = _rows(records[offset:], count + 1)
+    return rows[:count], offset > 0, len(rows) > count, offset
 
 
-def _limit_issues(snapshot: SearchSnapshot, request: SearchRequest, issues: list[Issue]) -> list[Issue]:
-    if not snapshot.complete and not request.default_order:
+def _limit_issues(snapshot: SearchSnapshot, issues: list[Issue]) -> list[Issue]:
+    if not snapshot.complete:
         issues = [
             *issues,
             Issue(
@@ -218,24 +271,59 @@ def _link(relation: str, url: str) -> dict:
     return {"relation": relation, "url": url}
 
 
-def _page_url(base_url: str, snapshot_id: str, offset: int, count: int) -> str:
-    query = urlencode(
-        {"_getpages": snapshot_id, "_getpagesoffset": offset, "_count": count, "_bundletype": "searchset"}
-    )
-    return f"{base_url}?{query}"
+def _page_url(
+    base_url: str,
+    snapshot_id: str,
+    offset: int,
+    count: int,
+    *,
+    after: int | None = None,
+    before: int | None = None,
+) -> str:
+    query: dict[str, str | int] = {"_getpages": snapshot_id, "_getpagesoffset": offset, "_count": count}
+    if after is not None:
+        query["_after"] = after
+    if before is not None:
+        query["_before"] = before
+    query["_bundletype"] = "searchset"
+    return f"{base_url}?{urlencode(query)}"
 
 
-def _paging_links(
-    base_url: str, snapshot: SearchSnapshot, ids: list[int], offset: int, count: int, request: SearchRequest
+def _cursor_links(
+    base_url: str,
+    snapshot: SearchSnapshot,
+    rows: list[Row],
+    offset: int,
+    count: int,
+    *,
+    previous: bool,
+    more: bool,
 ) -> list[dict]:
+    links = [_link("first", _page_url(base_url, snapshot.id, 0, count, after=0))]
+    if previous and rows:
+        links.append(
+            _link(
+                "previous", _page_url(base_url, snapshot.id, max(offset - count, 0), count, before=rows[0].pk)
+            )
+        )
+    if more and rows:
+        links.append(
+            _link("next", _page_url(base_url, snapshot.id, offset + count, count, after=rows[-1].pk))
+        )
+    if snapshot.total is not None:
+        last = max(snapshot.total - 1, 0) // count * count
+        links.append(_link("last", _page_url(base_url, snapshot.id, last, count)))
+    return links
+
+
+def _list_links(base_url: str, snapshot: SearchSnapshot, length: int, offset: int, count: int) -> list[dict]:
     links = [_link("first", _page_url(base_url, snapshot.id, 0, count))]
     if offset > 0:
         links.append(_link("previous", _page_url(base_url, snapshot.id, max(offset - count, 0), count)))
-    more = offset + count < len(ids) or (not snapshot.complete and request.default_order)
-    if more:
+    if offset + count < length:
         links.append(_link("next", _page_url(base_url, snapshot.id, offset + count, count)))
-    if snapshot.complete and ids:
-        links.append(_link("last", _page_url(base_url, snapshot.id, (len(ids) - 1) // count * count, count)))
+    if length:
+        links.append(_link("last", _page_url(base_url, snapshot.id, (length - 1) // count * count, count)))
     return links
 
 
@@ -358,7 +446,7 @@ def _revinclude(spec: Include, sources: list[Row], limit: int) -> list[Row]:
         references = references.filter(resource_type=spec.source_type)
     if spec.param != "*":
         references = references.filter(param=spec.param)
-    records = ResourceRecord.objects.filter(
-        pk__in=references.values("record_id"), deleted=False
-    ).order_by("pk")
+    records = ResourceRecord.objects.filter(pk__in=references.values("record_id"), deleted=False).order_by(
+        "pk"
+    )
     return _rows(records, limit)

@@ -28,7 +28,9 @@ from integrations.fhir.searchparams import resource_types
 # Accepted and not acted on here: formats are the views' business, paging has its own entry point.
 SILENT_PARAMS = frozenset({"_format", "_pretty", "_bundletype", "_getpages", "_getpagesoffset"})
 # Result parameters this server does not implement: reported like unknown parameters.
-UNSUPPORTED_PARAMS = frozenset({"_contained", "_containedType", "_filter", "_query", "_list", "_text", "_content"})
+UNSUPPORTED_PARAMS = frozenset(
+    {"_contained", "_containedType", "_filter", "_query", "_list", "_text", "_content"}
+)
 TOTAL_MODES = ("none", "estimate", "accurate")
 
 
@@ -59,7 +61,7 @@ class SearchRequest:
 
     @property
     def default_order(self) -> bool:
-        """Whether results are in record id order (no _sort): snapshots can then be extended."""
+        """Whether results come in record id order (no _sort), which pages by cursor."""
         return not self.sort
 
     def queryset(self) -> QuerySet[ResourceRecord]:
@@ -83,12 +85,12 @@ def parse_request(
     *,
     strict: bool,
     base_url: str | None = None,
-    allow_result_params: bool = True,
 ) -> SearchRequest:
     """Parse `params` for a search on `resource_type` (None: all types / `_type`).
 
     Unknown or unsupported parameters raise 400 when `strict`, else they are left out and
-    reported in `issues`. Bad values always raise 400.
+    reported in `issues`. Bad values always raise 400. `base_url` lets absolute references to
+    this server match relative ones.
     """
     if resource_type is not None and resource_type not in resource_types():
         raise FhirError.single(404, "not-supported", f"'{resource_type}' is not a FHIR R4 resource type")
@@ -107,9 +109,6 @@ def parse_request(
             continue
         if not code.startswith("_") or code in ("_id", "_lastUpdated", "_has") or code not in _RESULT_PARAMS:
             filters.append((name, value))
-            continue
-        if not allow_result_params:
-            ignored.append((name, "is not allowed here"))
             continue
         if code == "_type":
             if resource_type is not None:
@@ -132,10 +131,15 @@ def parse_request(
         if strict:
             raise FhirError(
                 400,
-                [Issue(code="not-supported", diagnostics=f"search parameter '{n}' {why}") for n, why in ignored],
+                [
+                    Issue(code="not-supported", diagnostics=f"search parameter '{n}' {why}")
+                    for n, why in ignored
+                ],
             )
         request.issues.extend(
-            Issue(severity="warning", code="not-supported", diagnostics=f"search parameter '{n}' {why}: ignored")
+            Issue(
+                severity="warning", code="not-supported", diagnostics=f"search parameter '{n}' {why}: ignored"
+            )
             for n, why in ignored
         )
     return request
@@ -152,7 +156,9 @@ def _result_param(request: SearchRequest, name: str, code: str, value: str) -> N
         request.count = parse_count(value)
     elif code == "_summary":
         if value not in SUMMARY_MODES:
-            raise FhirError.single(400, "value", f"_summary: '{value}' is not one of {', '.join(SUMMARY_MODES)}")
+            raise FhirError.single(
+                400, "value", f"_summary: '{value}' is not one of {', '.join(SUMMARY_MODES)}"
+            )
         request.summary = value
     elif code == "_elements":
         request.elements = tuple(e.strip() for e in value.split(",") if e.strip()) or None
@@ -165,7 +171,7 @@ def _result_param(request: SearchRequest, name: str, code: str, value: str) -> N
     elif code in ("_include", "_revinclude"):
         if modifier not in (None, "iterate", "recurse"):
             raise FhirError.single(400, "invalid", f"{name}: the modifier :{modifier} is not known")
-        include = _parse_include(name, value, iterate=modifier is not None, reverse=code == "_revinclude")
+        include = _parse_include(name, value, iterate=modifier is not None)
         (request.revincludes if code == "_revinclude" else request.includes).append(include)
 
 
@@ -188,12 +194,14 @@ def _check_sort_key(code: str, types: tuple[str, ...] | None) -> None:
     definitions = [param_def(t, code) for t in candidates]
     known = [d for d in definitions if d is not None]
     if not known:
-        raise FhirError.single(400, "value", f"{name}: '{code}' is not a search parameter of the searched types")
+        raise FhirError.single(
+            400, "value", f"{name}: '{code}' is not a search parameter of the searched types"
+        )
     if any(d.type not in MODEL_FOR_TYPE for d in known):
         raise FhirError.single(400, "value", f"{name}: cannot sort on the {known[0].type} parameter '{code}'")
 
 
-def _parse_include(name: str, value: str, *, iterate: bool, reverse: bool) -> Include:
+def _parse_include(name: str, value: str, *, iterate: bool) -> Include:
     if value == "*":
         return Include("*", "*", None, iterate)
     parts = value.split(":")
@@ -210,7 +218,9 @@ def _parse_include(name: str, value: str, *, iterate: bool, reverse: bool) -> In
     if param != "*":
         definition = param_def(source, param)
         if definition is None or definition.type != "reference":
-            raise FhirError.single(400, "value", f"{name}: '{param}' is not a reference parameter of {source}")
+            raise FhirError.single(
+                400, "value", f"{name}: '{param}' is not a reference parameter of {source}"
+            )
     return Include(source, param, target, iterate)
 
 
@@ -289,7 +299,9 @@ def _and(conditions: list) -> Q:
 # --- ordering -----------------------------------------------------------------------------------
 
 
-def order(records: QuerySet[ResourceRecord], sort: list[tuple[str, bool]], types: tuple[str, ...] | None) -> QuerySet:
+def order(
+    records: QuerySet[ResourceRecord], sort: list[tuple[str, bool]], types: tuple[str, ...] | None
+) -> QuerySet:
     """`records` ordered by the _sort keys, then by record id (a stable, total order).
 
     A parameter with several values sorts by its lowest (ascending) or highest (descending)
@@ -328,4 +340,3 @@ def _sort_value(code: str, descending: bool, types: tuple[str, ...] | None) -> S
     rows = model.objects.filter(record_id=OuterRef("pk"), param=code)
     rows = rows.order_by(f"-{column}" if descending else column).values(column)[:1]
     return Subquery(rows)
-

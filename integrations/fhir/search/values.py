@@ -80,7 +80,9 @@ def parse_date_range(param: str, value: str) -> tuple[datetime, datetime]:
     # An unencoded '+' of a timezone arrives as a space after form decoding; take it back.
     match = _DATE_RE.match(_SPACE_OFFSET.sub(r"+\1", value))
     if match is None:
-        raise bad_value(param, value, "not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][Z|+hh:mm])")
+        raise bad_value(
+            param, value, "not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][Z|+hh:mm])"
+        )
     y, mo, d, hh, mi, ss, frac, tz = match.groups()
     try:
         year = int(y)
@@ -92,7 +94,9 @@ def parse_date_range(param: str, value: str) -> tuple[datetime, datetime]:
         if d is None:
             low = datetime(year, month, 1, tzinfo=UTC)
             if month == 12:
-                high = datetime(year + 1, 1, 1, tzinfo=UTC) if year < 9999 else datetime.max.replace(tzinfo=UTC)
+                high = (
+                    datetime(year + 1, 1, 1, tzinfo=UTC) if year < 9999 else datetime.max.replace(tzinfo=UTC)
+                )
             else:
                 high = datetime(year, month + 1, 1, tzinfo=UTC)
             return low, high
