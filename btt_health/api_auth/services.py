@@ -117,7 +117,7 @@ _cache = _TokenCache()
 
 def authenticate_bearer(request: HttpRequest) -> Principal:
     """The principal for the request's `Authorization: Bearer` token, or AuthenticationFailed."""
-    header = request.headers.get("Authorization")
+    header = request.META.get("HTTP_AUTHORIZATION")
     if not header:
         raise AuthenticationFailed("missing Authorization header; send 'Authorization: Bearer <token>'")
     scheme, _, token = header.partition(" ")

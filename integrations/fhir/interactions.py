@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from email.utils import format_datetime, parsedate_to_datetime
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from btt_health.api_auth.services import Principal
-from integrations.fhir import history, store
+from integrations.fhir import capability, history, search, store
 from integrations.fhir.outcomes import FhirError, Issue, information, operation_outcome
+from integrations.fhir.validation import check_resource_type
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -161,7 +162,7 @@ def _require_body(request: InteractionRequest) -> dict:
 
 def dispatch(request: InteractionRequest) -> InteractionResponse:
     """Carry out one interaction and describe the HTTP answer; raises FhirError on client errors."""
-    from integrations.fhir import bundles, capability, search
+    from integrations.fhir import bundles  # bundles dispatches its entries through this module
 
     segs = request.segments
     method = request.method
@@ -199,8 +200,6 @@ def dispatch(request: InteractionRequest) -> InteractionResponse:
         return _bundle(search.search_bundle(None, request.params, base_url=request.base_url, strict=strict))
 
     resource_type = head
-    from integrations.fhir.validation import check_resource_type
-
     check_resource_type(resource_type)
 
     if n == 1:
@@ -274,8 +273,6 @@ def dispatch(request: InteractionRequest) -> InteractionResponse:
 def _criteria(request: InteractionRequest, what: str) -> str:
     if not request.params:
         raise FhirError.single(400, "invalid", f"a {what} needs search parameters in the URL")
-    from urllib.parse import urlencode
-
     return urlencode(request.params)
 
 

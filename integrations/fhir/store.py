@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -284,7 +285,7 @@ def read_resource(resource_type: str, logical_id: str) -> StoredResource:
     # The hottest path of the server: one indexed lookup in plain SQL, skipping the ORM's query
     # compilation, which costs more than the query itself.
     with connection.cursor() as cursor:
-        cursor.execute(_READ_SQL, [resource_type, logical_id])
+        cursor.execute(_read_statement(cursor), [resource_type, logical_id])
         row = cursor.fetchone()
     if row is None:
         raise not_found(resource_type, logical_id)
@@ -304,6 +305,20 @@ _READ_SQL = (
     f"SELECT version_id, last_updated, deleted, text FROM {ResourceRecord._meta.db_table} "
     "WHERE resource_type = %s AND logical_id = %s"
 )
+# PostgreSQL connections that hold the read as a prepared statement (planned once per connection).
+_prepared_connections: weakref.WeakSet = weakref.WeakSet()
+
+
+def _read_statement(cursor) -> str:
+    if connection.vendor != "postgresql":
+        return _READ_SQL
+    raw = connection.connection
+    if raw not in _prepared_connections:
+        cursor.execute(
+            "PREPARE btt_fhir_read(text, text) AS " + _READ_SQL.replace("%s", "$1", 1).replace("%s", "$2", 1)
+        )
+        _prepared_connections.add(raw)
+    return "EXECUTE btt_fhir_read(%s, %s)"
 
 
 def vread_resource(resource_type: str, logical_id: str, version_id: str) -> StoredResource:

@@ -45,7 +45,7 @@ def _negotiate(request: HttpRequest) -> None:
                 406, "not-supported", "XML is not supported by this server; ask for _format=json"
             )
         raise FhirError.single(406, "not-supported", f"_format={requested!r} is not supported; use json")
-    accept = request.headers.get("Accept")
+    accept = request.META.get("HTTP_ACCEPT")
     if not accept:
         return
     types = _media_types(accept)
@@ -114,7 +114,7 @@ def _read_body(request: HttpRequest) -> object:
 
 def _prefer(request: HttpRequest) -> tuple[str, str]:
     prefer_return, handling = "representation", "lenient"
-    for part in request.headers.get("Prefer", "").split(","):
+    for part in request.META.get("HTTP_PREFER", "").split(","):
         key, _, value = part.strip().partition("=")
         value = value.strip().strip('"')
         if key.strip() == "return" and value in ("minimal", "representation", "OperationOutcome"):
@@ -124,8 +124,21 @@ def _prefer(request: HttpRequest) -> tuple[str, str]:
     return prefer_return, handling
 
 
+_base_urls: dict[tuple[str, str], str] = {}
+
+
 def base_url(request: HttpRequest) -> str:
-    return settings.BTT_FHIR_BASE_URL or request.build_absolute_uri("/fhir")
+    """The FHIR base URL as the client addressed it (or BTT_FHIR_BASE_URL when set)."""
+    if settings.BTT_FHIR_BASE_URL:
+        return settings.BTT_FHIR_BASE_URL
+    # Building it validates the host against ALLOWED_HOSTS each time; a host seen once is valid.
+    key = (request.scheme, request.META.get("HTTP_HOST", ""))
+    url = _base_urls.get(key)
+    if url is None:
+        url = request.build_absolute_uri("/fhir")
+        if len(_base_urls) < 100:
+            _base_urls[key] = url
+    return url
 
 
 def outcome_response(error: FhirError) -> HttpResponse:
@@ -175,10 +188,10 @@ def fhir_endpoint(request: HttpRequest, path: str = "") -> HttpResponse:
             params=params,
             base_url=base_url(request),
             body=body,
-            if_match=request.headers.get("If-Match"),
-            if_none_exist=request.headers.get("If-None-Exist"),
-            if_none_match=request.headers.get("If-None-Match"),
-            if_modified_since=request.headers.get("If-Modified-Since"),
+            if_match=request.META.get("HTTP_IF_MATCH"),
+            if_none_exist=request.META.get("HTTP_IF_NONE_EXIST"),
+            if_none_match=request.META.get("HTTP_IF_NONE_MATCH"),
+            if_modified_since=request.META.get("HTTP_IF_MODIFIED_SINCE"),
             prefer_return=prefer_return,
             prefer_handling=handling,
             principal=principal,

@@ -79,7 +79,11 @@ class TokenIndex(_IndexRow):
     class Meta:
         db_table = "fhir_idx_token"
         indexes = [
-            models.Index(fields=["resource_type", "param", "code", "system"], name="fhir_tok_code"),
+            # record last: the matches of one code come out in record order from the index alone,
+            # so a page of the default (record-id) order stops after `_count` rows.
+            models.Index(
+                fields=["resource_type", "param", "code", "system", "record"], name="fhir_tok_code_rec"
+            ),
             models.Index(fields=["record", "param"], name="fhir_tok_rec"),
         ]
 
@@ -135,8 +139,11 @@ class DateIndex(_IndexRow):
     class Meta:
         db_table = "fhir_idx_date"
         indexes = [
-            models.Index(fields=["resource_type", "param", "low", "high"], name="fhir_date_low"),
-            models.Index(fields=["resource_type", "param", "high"], name="fhir_date_high"),
+            # record last so range scans answer from the index alone, without visiting the table.
+            models.Index(
+                fields=["resource_type", "param", "low", "high", "record"], name="fhir_date_low_rec"
+            ),
+            models.Index(fields=["resource_type", "param", "high", "record"], name="fhir_date_high_rec"),
             models.Index(fields=["record", "param"], name="fhir_date_rec"),
         ]
 

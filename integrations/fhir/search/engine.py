@@ -34,6 +34,7 @@ from functools import reduce
 from urllib.parse import urlencode
 
 import orjson
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
@@ -205,20 +206,28 @@ def _create_snapshot(
     complete: bool = True,
 ) -> SearchSnapshot:
     now = timezone.now()
-    # Expired snapshots go when new ones come (an indexed range delete, usually of nothing).
-    SearchSnapshot.objects.filter(expires__lt=now).delete()
-    return SearchSnapshot.objects.create(
-        id=str(uuid.uuid4()),
-        created=now,
-        expires=now + SNAPSHOT_TTL,
-        resource_type=request.resource_type or "",
-        kind=kind,
-        params=json.dumps(stored_params),
-        watermark=watermark,
-        ids=",".join(map(str, ids or ())),
-        total=total,
-        complete=complete,
-    )
+    # A snapshot is a disposable cache of paging state: losing the last few to a crash only makes
+    # their links answer 410, so its own commit need not wait for the WAL flush. Not inside a
+    # caller's transaction (a transaction Bundle's GET entry), whose writes must stay durable.
+    relaxed = connection.vendor == "postgresql" and not connection.in_atomic_block
+    with transaction.atomic():
+        if relaxed:
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        # Expired snapshots go when new ones come (an indexed range delete, usually of nothing).
+        SearchSnapshot.objects.filter(expires__lt=now).delete()
+        return SearchSnapshot.objects.create(
+            id=str(uuid.uuid4()),
+            created=now,
+            expires=now + SNAPSHOT_TTL,
+            resource_type=request.resource_type or "",
+            kind=kind,
+            params=json.dumps(stored_params),
+            watermark=watermark,
+            ids=",".join(map(str, ids or ())),
+            total=total,
+            complete=complete,
+        )
 
 
 def _snapshot_ids(snapshot: SearchSnapshot) -> list[int]:
