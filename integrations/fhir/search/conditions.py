@@ -194,7 +194,7 @@ class ConditionBuilder:
     # --- entry point ------------------------------------------------------------------------
 
     def condition(
-        self, resource_type: str, name: str, value: str, *, any_type: bool = False
+        self, resource_type: str, name: str, value: str | tuple[str, str], *, any_type: bool = False
     ) -> Q | Exists | None:
         """The condition `name=value` puts on records of `resource_type`.
 
@@ -205,6 +205,8 @@ class ConditionBuilder:
         """
         if value == "":
             return None
+        if isinstance(value, tuple):
+            return self._range(resource_type, name, value, any_type)
         if name.startswith("_has:"):
             return self._has(resource_type, name, value)
         head, dot, rest = name.partition(".")
@@ -228,6 +230,27 @@ class ConditionBuilder:
                 raise UnknownParameter(name, "is not supported by this server")
             raise UnknownParameter(name)
         return self._param(resource_type, definition, name, modifier or None, value, any_type)
+
+    def _range(self, resource_type: str, name: str, bounds: tuple[str, str], any_type: bool) -> Q | Exists:
+        """A lower and an upper bound of one parameter (see `request._pair_range_bounds`).
+
+        For a date parameter both bounds must hold for the same value (one index row); for any
+        other type they are two independent conditions.
+        """
+        definition = param_def(resource_type, name)
+        if definition is None or definition.type != "date":
+            first = self.condition(resource_type, name, bounds[0], any_type=any_type)
+            second = self.condition(resource_type, name, bounds[1], any_type=any_type)
+            return first & second
+        row_q = self._row_q(definition, name, None, bounds[0]) & self._row_q(
+            definition, name, None, bounds[1]
+        )
+        type_filter = {} if any_type else {"resource_type": resource_type}
+        return Exists(
+            DateIndex.objects.filter(record_id=OuterRef("pk"), param=definition.code, **type_filter).filter(
+                row_q
+            )
+        )
 
     # --- one parameter -----------------------------------------------------------------------
 

@@ -224,6 +224,43 @@ def _parse_include(name: str, value: str, *, iterate: bool) -> Include:
     return Include(source, param, target, iterate)
 
 
+_LOWER_PREFIXES = ("gt", "ge", "sa")
+_UPPER_PREFIXES = ("lt", "le", "eb")
+
+
+def _pair_range_bounds(filters: list[tuple[str, str]]) -> list[tuple[str, str | tuple[str, str]]]:
+    """Join `date=ge2021-03-01&date=lt2021-03-08` into one (name, (lower, upper)) range.
+
+    As HAPI FHIR does, a lower and an upper bound on the same parameter then apply to the same
+    value (a range), and the database answers them from one index row instead of intersecting
+    two half-open conditions that each match half the table. Only single values with a prefix
+    followed by a digit pair up; the condition builder pairs them for date parameters and ANDs
+    them separately for any other type.
+    """
+    lower: dict[str, int] = {}
+    upper: dict[str, int] = {}
+    for index, (name, value) in enumerate(filters):
+        if ":" in name or "." in name or name.startswith("_") or "," in value or len(value) < 3:
+            continue
+        if not value[2].isdigit():
+            continue
+        if value[:2] in _LOWER_PREFIXES:
+            lower.setdefault(name, index)
+        elif value[:2] in _UPPER_PREFIXES:
+            upper.setdefault(name, index)
+    pairs = {lower[name]: upper[name] for name in lower if name in upper}
+    if not pairs:
+        return list(filters)
+    paired_uppers = set(pairs.values())
+    result: list[tuple[str, str | tuple[str, str]]] = []
+    for index, (name, value) in enumerate(filters):
+        if index in pairs:
+            result.append((name, (value, filters[pairs[index]][1])))
+        elif index not in paired_uppers:
+            result.append((name, value))
+    return result
+
+
 def _build_filter(
     builder: ConditionBuilder,
     types: tuple[str, ...] | None,
@@ -244,6 +281,7 @@ def _build_filter(
                 common.append(condition)
         else:
             typed.append((name, value))
+    typed = _pair_range_bounds(typed)
     candidates = types or tuple(sorted(resource_types()))
     alive = list(candidates)
     per_type: dict[str, list] = {t: [] for t in candidates}
