@@ -31,6 +31,13 @@ class ResourceRecord(models.Model):
         indexes = [
             models.Index(fields=["resource_type", "deleted", "last_updated"], name="fhir_res_type_updated"),
             models.Index(fields=["last_updated"], name="fhir_res_updated"),
+            # Searches page in record-id order within a type: this lets the database walk the live
+            # records of a type in that order from the index alone.
+            models.Index(
+                fields=["resource_type", "id"],
+                condition=models.Q(deleted=False),
+                name="fhir_res_live_type_id",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -144,6 +144,10 @@ class DateIndex(_IndexRow):
                 fields=["resource_type", "param", "low", "high", "record"], name="fhir_date_low_rec"
             ),
             models.Index(fields=["resource_type", "param", "high", "record"], name="fhir_date_high_rec"),
+            # Matches in record order answered from the index alone (the default search order).
+            models.Index(
+                fields=["resource_type", "param", "record", "low", "high"], name="fhir_date_rec_range"
+            ),
             models.Index(fields=["record", "param"], name="fhir_date_rec"),
         ]
 
