@@ -157,7 +157,9 @@ def _non_negative(values: dict[str, str], name: str, default: int | None) -> int
 
 
 def _rows(records: QuerySet, limit: int) -> list[Row]:
-    return [Row(*values) for values in records.values_list(*_ROW_FIELDS)[:limit]]
+    # Two steps: the page's ids, which the database finds from indexes alone (the record-id walk
+    # over non-matching records never touches the table), then the bodies of just those records.
+    return _rows_by_ids(list(records.values_list("pk", flat=True)[:limit]))
 
 
 def _rows_by_ids(ids: list[int]) -> list[Row]:
@@ -189,10 +191,8 @@ def _rows_for_targets(pairs: set[tuple[str, str]], limit: int) -> list[Row]:
 def _rows_and_watermark(records: QuerySet, limit: int) -> tuple[list[Row], int]:
     """Page 1 and the highest record id, read by one statement so that both see the same state."""
     highest = ResourceRecord.objects.order_by("-pk").values("pk")[:1]
-    values = list(
-        records.annotate(watermark=Subquery(highest)).values_list(*_ROW_FIELDS, "watermark")[:limit]
-    )
-    return [Row(*row[:-1]) for row in values], (values[0][-1] if values else 0)
+    values = list(records.annotate(watermark=Subquery(highest)).values_list("pk", "watermark")[:limit])
+    return _rows_by_ids([pk for pk, _ in values]), (values[0][1] if values else 0)
 
 
 def _create_snapshot(
