@@ -772,7 +772,7 @@ class _Transaction:
             with _blame(entry):
                 if len(entry.segments) == 2:
                     logical_id = entry.segments[1]
-                    _check_update_id(resource_type, logical_id, body)
+                    store.check_update_id(resource_type, logical_id, body)
                     entry.target = (resource_type, logical_id)
                     if entry.request.if_match is None:
                         unknown[resource_type].append(entry)
@@ -902,25 +902,6 @@ class _Transaction:
             entry.answer = _stored_answer(
                 stored, status=201, base_url=self.base_url, prefer_return=self.prefer_return, verb="created"
             )
-
-
-def _check_update_id(resource_type: str, logical_id: str, body: dict) -> None:
-    """The id rules of an update (R4 http.html#update), as `store.update_resource` applies them."""
-    body_id = body.get("id")
-    if body_id is None:
-        raise FhirError.single(
-            400,
-            "required",
-            "an update must carry the resource id in its body",
-            expression=(f"{resource_type}.id",),
-        )
-    if body_id != logical_id:
-        raise FhirError.single(
-            400,
-            "invalid",
-            f"the id in the body ({body_id}) does not match the id in the URL ({logical_id})",
-            expression=(f"{resource_type}.id",),
-        )
 
 
 def _restful_tail(full_url: str | None) -> str | None:

@@ -76,12 +76,12 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
+from integrations.fhir.dates import fhir_date_range
 from integrations.fhir.search_values import (
     CompositeValue,
     DateValue,
@@ -1091,10 +1091,6 @@ def unsupported_expressions() -> dict[str, str]:
 
 _CONTACT_POINT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_DATE_RE = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
-    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$"
-)
 _ISO4217 = "urn:iso:std:iso:4217"
 _NEG_INF = Decimal("-Infinity")
 _POS_INF = Decimal("Infinity")
@@ -1256,54 +1252,12 @@ def _reference_values(v: Any, hint: str | None, out: list[SimpleValue]) -> None:
 # ---- date
 
 
-def _date_range(s: str) -> tuple[datetime, datetime | None] | None:
-    """Half-open [low, high) covered by a FHIR date/dateTime/instant string; None if invalid."""
-    m = _DATE_RE.match(s)
-    if m is None:
-        return None
-    y, mo, d, hh, mi, ss, frac, tz = m.groups()
-    try:
-        year = int(y)
-        if mo is None:
-            low = datetime(year, 1, 1, tzinfo=UTC)
-            return low, (datetime(year + 1, 1, 1, tzinfo=UTC) if year < 9999 else None)
-        month = int(mo)
-        if d is None:
-            low = datetime(year, month, 1, tzinfo=UTC)
-            if month == 12:
-                return low, (datetime(year + 1, 1, 1, tzinfo=UTC) if year < 9999 else None)
-            return low, datetime(year, month + 1, 1, tzinfo=UTC)
-        if hh is None:
-            low = datetime(year, month, int(d), tzinfo=UTC)
-            step = timedelta(days=1)
-        else:
-            micro = 0
-            if ss is None:
-                step = timedelta(minutes=1)
-            elif frac is None:
-                step = timedelta(seconds=1)
-            else:
-                digits = frac[:6]
-                micro = int(digits.ljust(6, "0"))
-                step = timedelta(microseconds=10 ** (6 - len(digits)))
-            low = datetime(year, month, int(d), int(hh), int(mi), int(ss or 0), micro, tzinfo=UTC)
-            if tz is not None and tz != "Z":
-                sign = 1 if tz[0] == "+" else -1
-                low -= sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
-    except (ValueError, OverflowError):
-        return None
-    try:
-        return low, low + step
-    except OverflowError:
-        return low, None
-
-
 def _period_value(p: dict) -> DateValue | None:
     start, end = p.get("start"), p.get("end")
     low = high = None
-    if isinstance(start, str) and (r := _date_range(start)) is not None:
+    if isinstance(start, str) and (r := fhir_date_range(start)) is not None:
         low = r[0]
-    if isinstance(end, str) and (r := _date_range(end)) is not None:
+    if isinstance(end, str) and (r := fhir_date_range(end)) is not None:
         high = r[1]
     if low is None and high is None:
         return None
@@ -1312,7 +1266,7 @@ def _period_value(p: dict) -> DateValue | None:
 
 def _date_values(v: Any, hint: str | None, out: list[SimpleValue]) -> None:
     if v.__class__ is str:
-        if (r := _date_range(v)) is not None:
+        if (r := fhir_date_range(v)) is not None:
             out.append(DateValue(r[0], r[1]))
         return
     if v.__class__ is not dict:
@@ -1322,7 +1276,7 @@ def _date_values(v: Any, hint: str | None, out: list[SimpleValue]) -> None:
             out.append(pv)
     elif hint == "Timing" or (hint is None and ("event" in v or "repeat" in v)):
         for e in v.get("event", ()):
-            if isinstance(e, str) and (r := _date_range(e)) is not None:
+            if isinstance(e, str) and (r := fhir_date_range(e)) is not None:
                 out.append(DateValue(r[0], r[1]))
         repeat = v.get("repeat")
         bounds = repeat.get("boundsPeriod") if isinstance(repeat, dict) else None

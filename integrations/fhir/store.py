@@ -359,18 +359,9 @@ def _write_new_version(record: ResourceRecord, resource: dict, method: str) -> S
     return StoredResource.of(record)
 
 
-@transaction.atomic
-def update_resource(
-    resource_type: str, logical_id: str, resource: dict, *, if_match: int | None = None
-) -> WriteResult:
-    """Replace the resource with `resource` as a new version; create it when unknown (201).
-
-    The body's id must equal `logical_id`. `if_match` (the ETag's version) must equal the current
-    version or 412 is raised; with `if_match` an unknown resource is 404 rather than created.
-    """
-    check_resource_type(resource_type)
-    validate_resource(resource, expected_type=resource_type)
-    body_id = resource.get("id")
+def check_update_id(resource_type: str, logical_id: str, body: dict) -> None:
+    """The id rules of an update (R4 http.html#update): the body carries the URL's id; else 400."""
+    body_id = body.get("id")
     if body_id is None:
         raise FhirError.single(
             400,
@@ -385,6 +376,20 @@ def update_resource(
             f"the id in the body ({body_id}) does not match the id in the URL ({logical_id})",
             expression=(f"{resource_type}.id",),
         )
+
+
+@transaction.atomic
+def update_resource(
+    resource_type: str, logical_id: str, resource: dict, *, if_match: int | None = None
+) -> WriteResult:
+    """Replace the resource with `resource` as a new version; create it when unknown (201).
+
+    The body's id must equal `logical_id`. `if_match` (the ETag's version) must equal the current
+    version or 412 is raised; with `if_match` an unknown resource is 404 rather than created.
+    """
+    check_resource_type(resource_type)
+    validate_resource(resource, expected_type=resource_type)
+    check_update_id(resource_type, logical_id, resource)
     check_references([resource])
     record = (
         ResourceRecord.objects.select_for_update()

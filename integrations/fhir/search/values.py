@@ -7,17 +7,14 @@ learns which part of its query was wrong.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
+from integrations.fhir.dates import fhir_date_range
 from integrations.fhir.outcomes import FhirError
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
-_DATE_RE = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$"
-)
 _SPACE_OFFSET = re.compile(r" (\d{2}:\d{2})$")
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
@@ -78,48 +75,15 @@ def parse_date_range(param: str, value: str) -> tuple[datetime, datetime]:
     time without a timezone is taken as UTC.
     """
     # An unencoded '+' of a timezone arrives as a space after form decoding; take it back.
-    match = _DATE_RE.match(_SPACE_OFFSET.sub(r"+\1", value))
-    if match is None:
+    covered = fhir_date_range(_SPACE_OFFSET.sub(r"+\1", value))
+    if covered is None:
         raise bad_value(
-            param, value, "not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][Z|+hh:mm])"
+            param,
+            value,
+            "not a valid FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][Z|+hh:mm])",
         )
-    y, mo, d, hh, mi, ss, frac, tz = match.groups()
-    try:
-        year = int(y)
-        if mo is None:
-            low = datetime(year, 1, 1, tzinfo=UTC)
-            high = datetime(year + 1, 1, 1, tzinfo=UTC) if year < 9999 else datetime.max.replace(tzinfo=UTC)
-            return low, high
-        month = int(mo)
-        if d is None:
-            low = datetime(year, month, 1, tzinfo=UTC)
-            if month == 12:
-                high = (
-                    datetime(year + 1, 1, 1, tzinfo=UTC) if year < 9999 else datetime.max.replace(tzinfo=UTC)
-                )
-            else:
-                high = datetime(year, month + 1, 1, tzinfo=UTC)
-            return low, high
-        if hh is None:
-            low = datetime(year, month, int(d), tzinfo=UTC)
-            step = timedelta(days=1)
-        else:
-            micro = 0
-            if ss is None:
-                step = timedelta(minutes=1)
-            elif frac is None:
-                step = timedelta(seconds=1)
-            else:
-                digits = frac[:6]
-                micro = int(digits.ljust(6, "0"))
-                step = timedelta(microseconds=10 ** (6 - len(digits)))
-            low = datetime(year, month, int(d), int(hh), int(mi), int(ss or 0), micro, tzinfo=UTC)
-            if tz is not None and tz != "Z":
-                sign = 1 if tz[0] == "+" else -1
-                low -= sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
-        return low, low + step
-    except (ValueError, OverflowError):
-        raise bad_value(param, value, "not a valid calendar date or time") from None
+    low, high = covered
+    return low, high if high is not None else datetime.max.replace(tzinfo=UTC)
 
 
 def parse_number(param: str, value: str) -> tuple[Decimal, Decimal, Decimal]:
