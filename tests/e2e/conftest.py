@@ -12,16 +12,20 @@ Every test in this folder is marked `e2e` and runs twice in `scripts/test.sh`:
    `python manage.py create_api_client e2e --role admin`, as an operator would make it.
 
 So tests here talk to the server only through `e2e_base_url` and `e2e_token` (plus any HTTP
-client, e.g. `requests` or fhirpy), never through the ORM.
+client, e.g. `requests` or fhirpy), never through the ORM. For fhirpy there are shared fixtures built
+on those two: `fhir_base_url`, `fhir_client` (with the `responses` it received) and
+`make_fhir_client` for tests that need more clients than one.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
+from fhirpy import SyncFHIRClient
 
 from tests.processes import ProcessLauncher, Stack, free_port, start_stack
 
@@ -29,6 +33,8 @@ E2E_DIR = Path(__file__).resolve().parent
 README_STACK = os.environ.get("BTT_E2E_README_STACK", "").lower() in ("1", "true", "yes", "on")
 # Variables the server reads (see the README's configuration table) all start with these.
 _SERVER_ENV_PREFIXES = ("BTT_", "DJANGO_", "CELERY_")
+# Seconds a fhirpy client waits for each request, unless a module overrides `fhir_timeout_s`.
+FHIR_TIMEOUT_S = 30
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -89,3 +95,62 @@ def e2e_token(request: pytest.FixtureRequest, e2e_base_url: str) -> str:
 
     _, token = create_api_client("e2e", "admin")
     return token
+
+
+@pytest.fixture
+def fhir_base_url(e2e_base_url: str) -> str:
+    """The FHIR base URL of the stack under test (no trailing slash): `e2e_base_url` + "/fhir",
+    unless `e2e_base_url` names the FHIR base already."""
+    base = e2e_base_url.rstrip("/")
+    return base if base.endswith("/fhir") else f"{base}/fhir"
+
+
+@pytest.fixture
+def fhir_timeout_s() -> float:
+    """Seconds the fhirpy clients of `fhir_client` and `make_fhir_client` wait for each request;
+    a test module that needs longer overrides this fixture."""
+    return FHIR_TIMEOUT_S
+
+
+@pytest.fixture
+def make_fhir_client(
+    fhir_base_url: str, e2e_token: str, fhir_timeout_s: float
+) -> Callable[..., SyncFHIRClient]:
+    """Makes further fhirpy clients of the stack under test, authenticated with `e2e_token`, for
+    tests that need more than `fhir_client` (e.g. two clients racing each other).
+
+    `make_fhir_client(if_match='W/"1"', sink=recorded)`: with `if_match` every request carries
+    that If-Match header; with `sink` every response the client receives is appended to that list.
+    The factory makes no request itself, so it may be called from any thread.
+    """
+
+    def make(*, if_match: str | None = None, sink: list[requests.Response] | None = None) -> SyncFHIRClient:
+        config: dict = {"timeout": fhir_timeout_s}
+        if sink is not None:
+            record: Callable[..., None] = lambda response, *args, **kwargs: sink.append(response)  # noqa: E731
+            config["hooks"] = {"response": [record]}
+        return SyncFHIRClient(
+            fhir_base_url,
+            authorization=f"Bearer {e2e_token}",
+            extra_headers={"If-Match": if_match} if if_match else None,
+            requests_config=config,
+        )
+
+    return make
+
+
+@pytest.fixture
+def responses() -> list[requests.Response]:
+    """Every HTTP response the `fhir_client` fixture received in this test, oldest first
+    (`responses[-1]` is the last one), for the status codes and headers fhirpy does not expose."""
+    return []
+
+
+@pytest.fixture
+def fhir_client(
+    make_fhir_client: Callable[..., SyncFHIRClient], responses: list[requests.Response]
+) -> SyncFHIRClient:
+    """A fhirpy `SyncFHIRClient` of the stack under test, authenticated with `e2e_token` (role
+    admin), waiting `fhir_timeout_s` per request, and recording each response it receives in
+    `responses`."""
+    return make_fhir_client(sink=responses)

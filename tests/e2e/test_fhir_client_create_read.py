@@ -1,14 +1,14 @@
 """Create and read resources with fhirpy, a FHIR client from PyPI, against a running stack.
 
-Only the `e2e_base_url` and `e2e_token` fixtures are used, and only over HTTP, so these tests run
-the same against the stack of the test harness and against one started the README's way.
+Only the `e2e_base_url` and `e2e_token` fixtures are used (through the fhirpy fixtures of
+`conftest.py` built on them), and only over HTTP, so these tests run the same against the stack of
+the test harness and against one started the README's way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,30 +19,6 @@ from fhirpy.base.exceptions import ResourceNotFound
 pytestmark = pytest.mark.e2e
 
 MRN_SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
-TIMEOUT_S = 30
-
-
-def fhir_base(e2e_base_url: str) -> str:
-    """The FHIR base URL, whether the fixture names the server root or the FHIR base already."""
-    base = e2e_base_url.rstrip("/")
-    return base if base.endswith("/fhir") else f"{base}/fhir"
-
-
-@pytest.fixture
-def responses() -> list[requests.Response]:
-    """Every HTTP response the `client` fixture received, oldest first."""
-    return []
-
-
-@pytest.fixture
-def client(e2e_base_url: str, e2e_token: str, responses: list[requests.Response]) -> SyncFHIRClient:
-    """A fhirpy client authenticated with the harness's token, recording its responses."""
-    record: Callable[..., None] = lambda response, *args, **kwargs: responses.append(response)  # noqa: E731
-    return SyncFHIRClient(
-        fhir_base(e2e_base_url),
-        authorization=f"Bearer {e2e_token}",
-        requests_config={"timeout": TIMEOUT_S, "hooks": {"response": [record]}},
-    )
 
 
 def _new_patient(client: SyncFHIRClient, mrn: str):
@@ -58,10 +34,10 @@ def _new_patient(client: SyncFHIRClient, mrn: str):
 
 
 def test_create_assigns_id_and_version_then_read_returns_the_same_resource(
-    client: SyncFHIRClient, responses: list[requests.Response]
+    fhir_client: SyncFHIRClient, responses: list[requests.Response]
 ) -> None:
     mrn = uuid.uuid4().hex
-    patient = _new_patient(client, mrn)
+    patient = _new_patient(fhir_client, mrn)
     before = datetime.now(UTC) - timedelta(seconds=5)
 
     patient.save()
@@ -76,21 +52,21 @@ def test_create_assigns_id_and_version_then_read_returns_the_same_resource(
     last_updated = datetime.fromisoformat(patient["meta"]["lastUpdated"].replace("Z", "+00:00"))
     assert before <= last_updated <= datetime.now(UTC) + timedelta(seconds=5)
 
-    read = client.reference("Patient", patient.id).to_resource()
+    read = fhir_client.reference("Patient", patient.id).to_resource()
     assert responses[-1].status_code == 200
     assert responses[-1].headers["ETag"] == 'W/"1"'
     assert read.serialize() == patient.serialize()
     assert read["identifier"] == [{"system": MRN_SYSTEM, "value": mrn}]
     assert read["birthDate"] == "1984-02-29"
 
-    as_dict = client.get("Patient", patient.id)
+    as_dict = fhir_client.get("Patient", patient.id)
     assert as_dict["name"][0]["given"] == ["Chiamaka", "Ada"]
 
 
 def test_update_makes_a_new_version_and_the_old_one_stays_readable(
-    client: SyncFHIRClient, responses: list[requests.Response]
+    fhir_client: SyncFHIRClient, responses: list[requests.Response]
 ) -> None:
-    patient = _new_patient(client, uuid.uuid4().hex)
+    patient = _new_patient(fhir_client, uuid.uuid4().hex)
     patient.save()
 
     patient["name"][0]["family"] = "Okonkwo-Adeyemi"
@@ -98,17 +74,19 @@ def test_update_makes_a_new_version_and_the_old_one_stays_readable(
     assert responses[-1].status_code == 200
     assert patient["meta"]["versionId"] == "2"
 
-    current = client.reference("Patient", patient.id).to_resource()
+    current = fhir_client.reference("Patient", patient.id).to_resource()
     assert current["name"][0]["family"] == "Okonkwo-Adeyemi"
-    first = client.execute(f"Patient/{patient.id}/_history/1", method="get")
+    first = fhir_client.execute(f"Patient/{patient.id}/_history/1", method="get")
     assert first["meta"]["versionId"] == "1"
     assert first["name"][0]["family"] == "Okonkwo"
 
 
-def test_observation_referencing_the_patient_reads_back_with_its_reference(client: SyncFHIRClient) -> None:
-    patient = _new_patient(client, uuid.uuid4().hex)
+def test_observation_referencing_the_patient_reads_back_with_its_reference(
+    fhir_client: SyncFHIRClient,
+) -> None:
+    patient = _new_patient(fhir_client, uuid.uuid4().hex)
     patient.save()
-    observation = client.resource(
+    observation = fhir_client.resource(
         "Observation",
         status="final",
         category=[
@@ -133,7 +111,7 @@ def test_observation_referencing_the_patient_reads_back_with_its_reference(clien
     )
     observation.save()
 
-    read = client.reference("Observation", observation.id).to_resource()
+    read = fhir_client.reference("Observation", observation.id).to_resource()
     assert read["subject"]["reference"] == f"Patient/{patient.id}"
     assert read["valueQuantity"]["value"] == 72
     assert read["effectiveDateTime"] == "2024-05-01T08:30:00+02:00"
@@ -142,27 +120,27 @@ def test_observation_referencing_the_patient_reads_back_with_its_reference(clien
 
 
 def test_unknown_and_deleted_resources_are_not_found_with_an_operation_outcome(
-    client: SyncFHIRClient, responses: list[requests.Response]
+    fhir_client: SyncFHIRClient, responses: list[requests.Response]
 ) -> None:
     with pytest.raises(ResourceNotFound):
-        client.get("Patient", f"no-such-{uuid.uuid4().hex[:20]}")
+        fhir_client.get("Patient", f"no-such-{uuid.uuid4().hex[:20]}")
     assert responses[-1].status_code == 404
     assert responses[-1].json()["resourceType"] == "OperationOutcome"
 
-    patient = _new_patient(client, uuid.uuid4().hex)
+    patient = _new_patient(fhir_client, uuid.uuid4().hex)
     patient.save()
     patient.delete()
     with pytest.raises(ResourceNotFound):
-        client.get("Patient", patient.id)
+        fhir_client.get("Patient", patient.id)
     assert responses[-1].status_code == 410
     assert responses[-1].json()["resourceType"] == "OperationOutcome"
 
 
 def test_async_client_creates_and_reads_too(
-    e2e_base_url: str, e2e_token: str, client: SyncFHIRClient
+    fhir_base_url: str, e2e_token: str, fhir_client: SyncFHIRClient
 ) -> None:
     async def create_and_read() -> tuple[str, str]:
-        async_client = AsyncFHIRClient(fhir_base(e2e_base_url), authorization=f"Bearer {e2e_token}")
+        async_client = AsyncFHIRClient(fhir_base_url, authorization=f"Bearer {e2e_token}")
         patient = async_client.resource(
             "Patient", name=[{"family": "Nakamura", "given": ["Haruto"]}], gender="male"
         )
@@ -173,4 +151,4 @@ def test_async_client_creates_and_reads_too(
     patient_id, family = asyncio.run(create_and_read())
     assert family == "Nakamura"
     # What the async client wrote, the sync client reads.
-    assert client.get("Patient", patient_id)["gender"] == "male"
+    assert fhir_client.get("Patient", patient_id)["gender"] == "male"

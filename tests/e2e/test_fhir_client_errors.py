@@ -20,29 +20,6 @@ pytestmark = pytest.mark.e2e
 TIMEOUT_S = 30
 
 
-def fhir_base(e2e_base_url: str) -> str:
-    """The FHIR base URL, whether the fixture names the server root or the FHIR base already."""
-    base = e2e_base_url.rstrip("/")
-    return base if base.endswith("/fhir") else f"{base}/fhir"
-
-
-@pytest.fixture
-def responses() -> list[requests.Response]:
-    """Every HTTP response the `client` fixture received, oldest first."""
-    return []
-
-
-@pytest.fixture
-def client(e2e_base_url: str, e2e_token: str, responses: list[requests.Response]) -> SyncFHIRClient:
-    """A fhirpy client authenticated with the harness's token, recording its responses."""
-    record: Callable[..., None] = lambda response, *args, **kwargs: responses.append(response)  # noqa: E731
-    return SyncFHIRClient(
-        fhir_base(e2e_base_url),
-        authorization=f"Bearer {e2e_token}",
-        requests_config={"timeout": TIMEOUT_S, "hooks": {"response": [record]}},
-    )
-
-
 def _expressions(outcome: dict) -> list[str]:
     return [x for issue in outcome["issue"] for x in issue.get("expression", [])]
 
@@ -70,9 +47,9 @@ def _assert_outcome(response: requests.Response, status: int) -> dict:
     ],
 )
 def test_invalid_resource_is_400_naming_the_element(
-    client: SyncFHIRClient, responses: list[requests.Response], fields: dict, element: str
+    fhir_client: SyncFHIRClient, responses: list[requests.Response], fields: dict, element: str
 ) -> None:
-    patient = client.resource("Patient", gender="female", **fields)
+    patient = fhir_client.resource("Patient", gender="female", **fields)
 
     with pytest.raises(OperationOutcome) as raised:
         patient.save()
@@ -84,10 +61,10 @@ def test_invalid_resource_is_400_naming_the_element(
 
 
 def test_reference_to_a_missing_resource_is_400_naming_the_reference(
-    client: SyncFHIRClient, responses: list[requests.Response]
+    fhir_client: SyncFHIRClient, responses: list[requests.Response]
 ) -> None:
     missing = f"Patient/missing-{uuid.uuid4().hex[:16]}"
-    observation = client.resource(
+    observation = fhir_client.resource(
         "Observation",
         status="final",
         code={"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
@@ -103,30 +80,32 @@ def test_reference_to_a_missing_resource_is_400_naming_the_reference(
 
 
 def test_body_type_differing_from_the_url_is_400(
-    client: SyncFHIRClient, responses: list[requests.Response]
+    fhir_client: SyncFHIRClient, responses: list[requests.Response]
 ) -> None:
-    patient = client.resource("Patient", name=[{"family": "Kowalski"}])
+    patient = fhir_client.resource("Patient", name=[{"family": "Kowalski"}])
     patient.save()
 
     with pytest.raises(OperationOutcome):
-        client.execute(
+        fhir_client.execute(
             f"Patient/{patient.id}",
             method="put",
             data={"resourceType": "Observation", "id": patient.id, "status": "final"},
         )
     _assert_outcome(responses[-1], 400)
-    assert client.get("Patient", patient.id)["meta"]["versionId"] == "1"
+    assert fhir_client.get("Patient", patient.id)["meta"]["versionId"] == "1"
 
 
-def test_unknown_resource_type_is_404(client: SyncFHIRClient, responses: list[requests.Response]) -> None:
+def test_unknown_resource_type_is_404(
+    fhir_client: SyncFHIRClient, responses: list[requests.Response]
+) -> None:
     with pytest.raises(ResourceNotFound):
-        client.resources("Spaceship").fetch()
+        fhir_client.resources("Spaceship").fetch()
     _assert_outcome(responses[-1], 404)
 
 
-def test_broken_json_is_400(e2e_base_url: str, e2e_token: str) -> None:
+def test_broken_json_is_400(fhir_base_url: str, e2e_token: str) -> None:
     response = requests.post(
-        f"{fhir_base(e2e_base_url)}/Patient",
+        f"{fhir_base_url}/Patient",
         data=b'{"resourceType": "Patient", "name": [',
         headers={"Authorization": f"Bearer {e2e_token}", "Content-Type": "application/fhir+json"},
         timeout=TIMEOUT_S,
@@ -134,12 +113,12 @@ def test_broken_json_is_400(e2e_base_url: str, e2e_token: str) -> None:
     _assert_outcome(response, 400)
 
 
-def test_missing_or_wrong_token_is_401_with_an_outcome(e2e_base_url: str) -> None:
+def test_missing_or_wrong_token_is_401_with_an_outcome(fhir_base_url: str) -> None:
     for authorization in (None, "Bearer btt_not-a-real-token"):
         recorded: list[requests.Response] = []
         record: Callable[..., None] = lambda response, *args, sink=recorded, **kwargs: sink.append(response)  # noqa: E731
         anonymous = SyncFHIRClient(
-            fhir_base(e2e_base_url),
+            fhir_base_url,
             authorization=authorization,
             requests_config={"timeout": TIMEOUT_S, "hooks": {"response": [record]}},
         )

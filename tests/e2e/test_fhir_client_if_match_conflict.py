@@ -24,12 +24,6 @@ TIMEOUT_S = 30
 ROUNDS = 5
 
 
-def fhir_base(e2e_base_url: str) -> str:
-    """The FHIR base URL, whether the fixture names the server root or the FHIR base already."""
-    base = e2e_base_url.rstrip("/")
-    return base if base.endswith("/fhir") else f"{base}/fhir"
-
-
 @dataclass
 class Outcome:
     """What one update attempt got back."""
@@ -39,26 +33,12 @@ class Outcome:
     error: BaseException | None = None
 
 
-def _client(base: str, token: str, if_match: str | None = None, sink: list | None = None) -> SyncFHIRClient:
-    """A fhirpy client; with `if_match` every request carries that If-Match header."""
-    config: dict = {"timeout": TIMEOUT_S}
-    if sink is not None:
-        record: Callable[..., None] = lambda response, *args, **kwargs: sink.append(response)  # noqa: E731
-        config["hooks"] = {"response": [record]}
-    return SyncFHIRClient(
-        base,
-        authorization=f"Bearer {token}",
-        extra_headers={"If-Match": if_match} if if_match else None,
-        requests_config=config,
-    )
-
-
 def _update_with_if_match(
-    base: str, token: str, resource: dict, barrier: threading.Barrier, outcome: Outcome
+    make_client: Callable[..., SyncFHIRClient], resource: dict, barrier: threading.Barrier, outcome: Outcome
 ) -> None:
     """PUT `resource` with If-Match on its meta.versionId once both threads are ready."""
     sink: list[requests.Response] = []
-    writer = _client(base, token, if_match=f'W/"{resource["meta"]["versionId"]}"', sink=sink)
+    writer = make_client(if_match=f'W/"{resource["meta"]["versionId"]}"', sink=sink)
     bound = writer.resource("Patient", **resource)
     try:
         barrier.wait(timeout=TIMEOUT_S)
@@ -72,14 +52,10 @@ def _update_with_if_match(
         outcome.body = sink[-1].json() if sink[-1].content else {}
 
 
-@pytest.fixture
-def base(e2e_base_url: str) -> str:
-    """The FHIR base URL of the running stack."""
-    return fhir_base(e2e_base_url)
-
-
-def test_two_clients_updating_the_same_version_exactly_one_gets_412(base: str, e2e_token: str) -> None:
-    creator = _client(base, e2e_token)
+def test_two_clients_updating_the_same_version_exactly_one_gets_412(
+    make_fhir_client: Callable[..., SyncFHIRClient],
+) -> None:
+    creator = make_fhir_client()
     patient = creator.resource(
         "Patient",
         identifier=[{"system": "urn:btt:e2e:mrn", "value": uuid.uuid4().hex}],
@@ -87,8 +63,8 @@ def test_two_clients_updating_the_same_version_exactly_one_gets_412(base: str, e
         gender="female",
     )
     patient.save()
-    clinic_a = _client(base, e2e_token)
-    clinic_b = _client(base, e2e_token)
+    clinic_a = make_fhir_client()
+    clinic_b = make_fhir_client()
 
     for round_no in range(1, ROUNDS + 1):
         # Both clients read the same version.
@@ -102,7 +78,7 @@ def test_two_clients_updating_the_same_version_exactly_one_gets_412(base: str, e
         outcomes = {"A": Outcome(), "B": Outcome()}
         threads = [
             threading.Thread(
-                target=_update_with_if_match, args=(base, e2e_token, change, barrier, outcomes[n])
+                target=_update_with_if_match, args=(make_fhir_client, change, barrier, outcomes[n])
             )
             for n, change in (("A", change_a), ("B", change_b))
         ]
@@ -129,8 +105,10 @@ def test_two_clients_updating_the_same_version_exactly_one_gets_412(base: str, e
     assert len(history["entry"]) == ROUNDS + 1, "one version per winning update, none for the losers"
 
 
-def test_the_losing_client_re_reads_and_its_retry_succeeds(base: str, e2e_token: str) -> None:
-    creator = _client(base, e2e_token)
+def test_the_losing_client_re_reads_and_its_retry_succeeds(
+    make_fhir_client: Callable[..., SyncFHIRClient],
+) -> None:
+    creator = make_fhir_client()
     patient = creator.resource("Patient", name=[{"family": "Haddad", "given": ["Rami"]}], gender="male")
     patient.save()
     stale = creator.get("Patient", patient.id)
@@ -139,7 +117,7 @@ def test_the_losing_client_re_reads_and_its_retry_succeeds(base: str, e2e_token:
     patient.save()  # someone else's update: the resource is now at version 2
 
     responses: list[requests.Response] = []
-    late = _client(base, e2e_token, if_match=f'W/"{stale["meta"]["versionId"]}"', sink=responses)
+    late = make_fhir_client(if_match=f'W/"{stale["meta"]["versionId"]}"', sink=responses)
     with pytest.raises(MultipleResourcesFound):
         late.resource("Patient", **{**stale, "gender": "other"}).save()
     assert responses[-1].status_code == 412
@@ -148,7 +126,7 @@ def test_the_losing_client_re_reads_and_its_retry_succeeds(base: str, e2e_token:
     assert "2" in outcome["issue"][0]["diagnostics"], "the outcome says which version is current"
 
     fresh = creator.get("Patient", patient.id)
-    retry = _client(base, e2e_token, if_match=f'W/"{fresh["meta"]["versionId"]}"', sink=responses)
+    retry = make_fhir_client(if_match=f'W/"{fresh["meta"]["versionId"]}"', sink=responses)
     saved = retry.resource("Patient", **{**fresh, "gender": "other"}).save()
     assert responses[-1].status_code == 200
     assert saved["meta"]["versionId"] == "3"
@@ -156,12 +134,14 @@ def test_the_losing_client_re_reads_and_its_retry_succeeds(base: str, e2e_token:
     assert (final["gender"], final["birthDate"]) == ("other", "1979-04-12"), "neither change was lost"
 
 
-def test_malformed_if_match_is_a_400_operation_outcome(base: str, e2e_token: str) -> None:
-    creator = _client(base, e2e_token)
+def test_malformed_if_match_is_a_400_operation_outcome(
+    make_fhir_client: Callable[..., SyncFHIRClient],
+) -> None:
+    creator = make_fhir_client()
     patient = creator.resource("Patient", name=[{"family": "Ito"}])
     patient.save()
     responses: list[requests.Response] = []
-    writer = _client(base, e2e_token, if_match="version-one", sink=responses)
+    writer = make_fhir_client(if_match="version-one", sink=responses)
     with pytest.raises(OperationOutcome) as raised:
         writer.resource("Patient", **creator.get("Patient", patient.id)).save()
     assert responses[-1].status_code == 400

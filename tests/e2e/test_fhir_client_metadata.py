@@ -13,14 +13,8 @@ pytestmark = pytest.mark.e2e
 TIMEOUT_S = 30
 
 
-def fhir_base(e2e_base_url: str) -> str:
-    """The FHIR base URL, whether the fixture names the server root or the FHIR base already."""
-    base = e2e_base_url.rstrip("/")
-    return base if base.endswith("/fhir") else f"{base}/fhir"
-
-
-def test_sync_client_reads_the_capability_statement_without_a_token(e2e_base_url: str) -> None:
-    anonymous = SyncFHIRClient(fhir_base(e2e_base_url), requests_config={"timeout": TIMEOUT_S})
+def test_sync_client_reads_the_capability_statement_without_a_token(fhir_base_url: str) -> None:
+    anonymous = SyncFHIRClient(fhir_base_url, requests_config={"timeout": TIMEOUT_S})
 
     statement = anonymous.execute("metadata", method="get")
 
@@ -44,9 +38,9 @@ def test_sync_client_reads_the_capability_statement_without_a_token(e2e_base_url
     assert params.get("subject") == "reference"
 
 
-def test_async_client_reads_the_capability_statement_without_a_token(e2e_base_url: str) -> None:
+def test_async_client_reads_the_capability_statement_without_a_token(fhir_base_url: str) -> None:
     async def read() -> dict:
-        anonymous = AsyncFHIRClient(fhir_base(e2e_base_url))
+        anonymous = AsyncFHIRClient(fhir_base_url)
         return await anonymous.execute("metadata", method="get")
 
     statement = asyncio.run(read())
@@ -54,8 +48,8 @@ def test_async_client_reads_the_capability_statement_without_a_token(e2e_base_ur
     assert statement["fhirVersion"] == "4.0.1"
 
 
-def test_without_a_token_only_metadata_is_open(e2e_base_url: str) -> None:
-    anonymous = SyncFHIRClient(fhir_base(e2e_base_url), requests_config={"timeout": TIMEOUT_S})
+def test_without_a_token_only_metadata_is_open(fhir_base_url: str) -> None:
+    anonymous = SyncFHIRClient(fhir_base_url, requests_config={"timeout": TIMEOUT_S})
     with pytest.raises(AuthorizationError):
         anonymous.resources("Patient").limit(1).fetch()
     with pytest.raises(AuthorizationError):

@@ -13,7 +13,6 @@ from fhirpy import SyncFHIRClient
 
 pytestmark = pytest.mark.e2e
 
-TIMEOUT_S = 30
 LOINC = "http://loinc.org"
 VITALS = [
     ("8867-4", "Heart rate", 64, "/min"),
@@ -24,26 +23,10 @@ VITALS = [
 ]
 
 
-def fhir_base(e2e_base_url: str) -> str:
-    """The FHIR base URL, whether the fixture names the server root or the FHIR base already."""
-    base = e2e_base_url.rstrip("/")
-    return base if base.endswith("/fhir") else f"{base}/fhir"
-
-
 @pytest.fixture
-def client(e2e_base_url: str, e2e_token: str) -> SyncFHIRClient:
-    """A fhirpy client authenticated with the harness's token."""
-    return SyncFHIRClient(
-        fhir_base(e2e_base_url),
-        authorization=f"Bearer {e2e_token}",
-        requests_config={"timeout": TIMEOUT_S},
-    )
-
-
-@pytest.fixture
-def patient_with_observations(client: SyncFHIRClient) -> tuple[str, set[str]]:
+def patient_with_observations(fhir_client: SyncFHIRClient) -> tuple[str, set[str]]:
     """A new Patient and the ids of the Observations written about them."""
-    patient = client.resource(
+    patient = fhir_client.resource(
         "Patient",
         identifier=[{"system": "urn:btt:e2e:mrn", "value": uuid.uuid4().hex}],
         name=[{"family": "Lindqvist", "given": ["Astrid"]}],
@@ -53,7 +36,7 @@ def patient_with_observations(client: SyncFHIRClient) -> tuple[str, set[str]]:
     patient.save()
     observation_ids = set()
     for day, (code, display, value, unit) in enumerate(VITALS, start=1):
-        observation = client.resource(
+        observation = fhir_client.resource(
             "Observation",
             status="final",
             code={"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
@@ -75,12 +58,12 @@ def _entries_by_mode(bundle: dict) -> dict[str, list[dict]]:
 
 
 def test_observations_of_a_patient_include_the_patient(
-    client: SyncFHIRClient, patient_with_observations: tuple[str, set[str]]
+    fhir_client: SyncFHIRClient, patient_with_observations: tuple[str, set[str]]
 ) -> None:
     patient_id, observation_ids = patient_with_observations
 
     bundle = (
-        client.resources("Observation")
+        fhir_client.resources("Observation")
         .search(subject=f"Patient/{patient_id}")
         .include("Observation", "subject")
         .limit(50)
@@ -99,7 +82,7 @@ def test_observations_of_a_patient_include_the_patient(
 
     # fhirpy's fetch() keeps the searched type only.
     fetched = (
-        client.resources("Observation")
+        fhir_client.resources("Observation")
         .search(patient=patient_id)
         .include("Observation", "patient")
         .limit(50)
@@ -109,14 +92,14 @@ def test_observations_of_a_patient_include_the_patient(
 
 
 def test_include_with_a_target_type_and_paging_keeps_the_patient_on_each_page(
-    client: SyncFHIRClient, patient_with_observations: tuple[str, set[str]]
+    fhir_client: SyncFHIRClient, patient_with_observations: tuple[str, set[str]]
 ) -> None:
     patient_id, observation_ids = patient_with_observations
 
     seen: set[str] = set()
     pages = 0
     bundle: dict | None = (
-        client.resources("Observation")
+        fhir_client.resources("Observation")
         .search(subject=f"Patient/{patient_id}")
         .include("Observation", "subject", "Patient")
         .limit(2)
@@ -129,18 +112,18 @@ def test_include_with_a_target_type_and_paging_keeps_the_patient_on_each_page(
         seen |= {r["id"] for r in modes.get("match", [])}
         assert [r["id"] for r in modes.get("include", [])] == [patient_id]
         next_url = next((link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None)
-        bundle = client.execute(next_url, method="get") if next_url else None
+        bundle = fhir_client.execute(next_url, method="get") if next_url else None
     assert seen == observation_ids
     assert pages == 3
 
 
 def test_patient_revinclude_brings_its_observations(
-    client: SyncFHIRClient, patient_with_observations: tuple[str, set[str]]
+    fhir_client: SyncFHIRClient, patient_with_observations: tuple[str, set[str]]
 ) -> None:
     patient_id, observation_ids = patient_with_observations
 
     bundle = (
-        client.resources("Patient")
+        fhir_client.resources("Patient")
         .search(_id=patient_id)
         .revinclude("Observation", "subject")
         .limit(50)
@@ -157,9 +140,9 @@ def test_patient_revinclude_brings_its_observations(
         assert bundle["total"] == 1
 
 
-def test_search_without_matches_includes_nothing(client: SyncFHIRClient) -> None:
+def test_search_without_matches_includes_nothing(fhir_client: SyncFHIRClient) -> None:
     bundle = (
-        client.resources("Observation")
+        fhir_client.resources("Observation")
         .search(subject=f"Patient/no-such-{uuid.uuid4().hex[:16]}")
         .include("Observation", "subject")
         .fetch_raw()

@@ -13,7 +13,6 @@ import copy
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from fhirpy.base.exceptions import OperationOutcome
 
 pytestmark = pytest.mark.e2e
 
+# Seconds each fhirpy request may take: a whole export is written in one transaction.
 TIMEOUT_S = 60
 FIXTURE = Path(__file__).parent / "fixtures" / "synthea_style_transaction.json"
 MRN_SYSTEM = "http://hospital.smarthealthit.org"
@@ -37,27 +37,10 @@ PATIENT_PARAM = {
 }
 
 
-def fhir_base(e2e_base_url: str) -> str:
-    """The FHIR base URL, whether the fixture names the server root or the FHIR base already."""
-    base = e2e_base_url.rstrip("/")
-    return base if base.endswith("/fhir") else f"{base}/fhir"
-
-
 @pytest.fixture
-def responses() -> list[requests.Response]:
-    """Every HTTP response the `client` fixture received, oldest first."""
-    return []
-
-
-@pytest.fixture
-def client(e2e_base_url: str, e2e_token: str, responses: list[requests.Response]) -> SyncFHIRClient:
-    """A fhirpy client authenticated with the harness's token, recording its responses."""
-    record: Callable[..., None] = lambda response, *args, **kwargs: responses.append(response)  # noqa: E731
-    return SyncFHIRClient(
-        fhir_base(e2e_base_url),
-        authorization=f"Bearer {e2e_token}",
-        requests_config={"timeout": TIMEOUT_S, "hooks": {"response": [record]}},
-    )
+def fhir_timeout_s() -> float:
+    """Overrides conftest's: the transactions here take longer than single requests."""
+    return TIMEOUT_S
 
 
 def export_bundle() -> tuple[dict, str]:
@@ -83,13 +66,13 @@ def _locations(bundle: dict, reply: dict) -> dict[str, str]:
 
 
 def test_synthea_style_export_is_stored_with_every_link_resolved(
-    client: SyncFHIRClient, responses: list[requests.Response]
+    fhir_client: SyncFHIRClient, responses: list[requests.Response]
 ) -> None:
     bundle, _ = export_bundle()
     assert 30 <= len(bundle["entry"]) <= 60
     sent_types = Counter(entry["resource"]["resourceType"] for entry in bundle["entry"])
 
-    reply = client.execute("/", method="post", data=bundle)
+    reply = fhir_client.execute("/", method="post", data=bundle)
 
     assert responses[-1].status_code == 200, responses[-1].text
     assert reply["resourceType"] == "Bundle"
@@ -111,13 +94,13 @@ def test_synthea_style_export_is_stored_with_every_link_resolved(
     found: dict[str, list] = {}
     for resource_type, param in PATIENT_PARAM.items():
         found[resource_type] = (
-            client.resources(resource_type).search(**{param: patient_ref}).limit(100).fetch_all()
+            fhir_client.resources(resource_type).search(**{param: patient_ref}).limit(100).fetch_all()
         )
         assert len(found[resource_type]) == sent_types[resource_type], resource_type
     assert {o.id for o in found["Observation"]} == {
         ref.split("/")[1] for ref in ids.values() if ref.startswith("Observation/")
     }
-    summary = client.resources("Observation").search(patient=patient_id, _summary="count").fetch_raw()
+    summary = fhir_client.resources("Observation").search(patient=patient_id, _summary="count").fetch_raw()
     assert summary["total"] == sent_types["Observation"]
 
     # No urn:uuid survives: every reference names a stored resource.
@@ -143,17 +126,17 @@ def test_synthea_style_export_is_stored_with_every_link_resolved(
         assert request["reasonReference"][0]["reference"] in condition_refs
 
     # The stored resources read back like any other.
-    patient = client.get("Patient", patient_id)
+    patient = fhir_client.get("Patient", patient_id)
     assert patient["name"][0]["family"] == "Kuhlman484"
     assert patient["meta"]["versionId"] == "1"
 
 
-def test_conditional_creates_match_the_clinic_on_a_second_export(client: SyncFHIRClient) -> None:
+def test_conditional_creates_match_the_clinic_on_a_second_export(fhir_client: SyncFHIRClient) -> None:
     first, _ = export_bundle()
     second, _ = export_bundle()
 
-    ids_first = _locations(first, client.execute("/", method="post", data=first))
-    reply = client.execute("/", method="post", data=second)
+    ids_first = _locations(first, fhir_client.execute("/", method="post", data=first))
+    reply = fhir_client.execute("/", method="post", data=second)
     ids_second = _locations(second, reply)
 
     by_type = {e["resource"]["resourceType"]: e for e in second["entry"]}
@@ -165,7 +148,7 @@ def test_conditional_creates_match_the_clinic_on_a_second_export(client: SyncFHI
     patient_url = by_type["Patient"]["fullUrl"]
     assert ids_second[patient_url] != ids_first[patient_url], "each export's patient is new"
     practitioners = (
-        client.resources("Practitioner")
+        fhir_client.resources("Practitioner")
         .search(identifier="http://hl7.org/fhir/sid/us-npi|9999990001")
         .limit(10)
         .fetch()
@@ -174,7 +157,7 @@ def test_conditional_creates_match_the_clinic_on_a_second_export(client: SyncFHI
 
 
 def test_a_transaction_with_one_invalid_entry_writes_nothing(
-    client: SyncFHIRClient, responses: list[requests.Response]
+    fhir_client: SyncFHIRClient, responses: list[requests.Response]
 ) -> None:
     bundle, mrn = export_bundle()
     broken = copy.deepcopy(bundle)
@@ -184,7 +167,7 @@ def test_a_transaction_with_one_invalid_entry_writes_nothing(
     entry["resource"]["effectiveDateTime"] = "last tuesday"
 
     with pytest.raises(OperationOutcome) as raised:
-        client.execute("/", method="post", data=broken)
+        fhir_client.execute("/", method="post", data=broken)
 
     assert responses[-1].status_code == 400
     outcome = raised.value.resource
@@ -192,5 +175,5 @@ def test_a_transaction_with_one_invalid_entry_writes_nothing(
     expressions = [x for issue in outcome["issue"] for x in issue.get("expression", [])]
     assert any("effectiveDateTime" in x for x in expressions), outcome
     # All or nothing: not even the valid entries before the broken one were kept.
-    assert client.resources("Patient").search(identifier=f"{MRN_SYSTEM}|{mrn}").fetch() == []
+    assert fhir_client.resources("Patient").search(identifier=f"{MRN_SYSTEM}|{mrn}").fetch() == []
     assert index > 0
