@@ -1,7 +1,7 @@
 """A small foreground supervisor for the processes that make up the stack.
 
 `python manage.py serve` describes each part of the stack as a `ChildSpec` (the HTTP server, the
-Celery worker, and later the DICOM SCP and the MLLP listener) and hands the list to `Supervisor`:
+Celery worker, the DICOM SCP, and later the MLLP listener) and hands the list to `Supervisor`:
 
 - each child starts in its own process group, so a Ctrl-C on the terminal reaches only the
   supervisor, which then stops the children itself;
@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from django.conf import settings
@@ -128,11 +129,23 @@ def worker_child() -> ChildSpec:
     )
 
 
+def dicom_child() -> ChildSpec:
+    """The DICOM node (`manage.py dicom_scp`): C-ECHO/STORE/FIND/MOVE/GET, and DICOM TLS when configured."""
+    bind = _http_bind(settings.BTT_DICOM_HOST, settings.BTT_DICOM_PORT)
+    listens_on = f"DICOM {settings.BTT_DICOM_AET} on {bind}"
+    if settings.BTT_DICOM_TLS_CERT and settings.BTT_DICOM_TLS_KEY:
+        listens_on += f", DICOM TLS on {_http_bind(settings.BTT_DICOM_HOST, settings.BTT_DICOM_TLS_PORT)}"
+    manage_py = Path(settings.BASE_DIR) / "manage.py"
+    return ChildSpec(name="dicom", argv=[sys.executable, str(manage_py), "dicom_scp"], listens_on=listens_on)
+
+
 def stack_children() -> list[ChildSpec]:
-    """The children `serve` runs, as settings ask. New listeners (DICOM, MLLP) are added here."""
+    """The children `serve` runs, as settings ask. New listeners (MLLP) are added here."""
     children = [http_child()]
     if settings.BTT_RUN_WORKER:
         children.append(worker_child())
+    if settings.BTT_RUN_DICOM:
+        children.append(dicom_child())
     return children
 
 

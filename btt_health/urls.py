@@ -8,6 +8,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("fhir", include("integrations.fhir.urls")),
+    path("dicomweb/", include("integrations.dicom.dicomweb.urls")),
     path("admin/", admin.site.urls),
 ]
 

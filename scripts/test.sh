@@ -40,6 +40,8 @@ command -v psql >/dev/null 2>&1 && command -v pg_isready >/dev/null 2>&1 || miss
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+command -v storescu >/dev/null 2>&1 && command -v echoscu >/dev/null 2>&1 || missing+=(dcmtk)  # DICOM peers of tests/dicom
+command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)  # a real PACS for tests/dicom (tests/dicom/orthanc.py runs its own)
 if [ ${#missing[@]} -gt 0 ]; then
   say "Installing system packages: ${missing[*]}"
   as_root apt-get update -q || die "apt-get update failed"

@@ -120,6 +120,9 @@ def _start_serve(
         {
             "BTT_HTTP_HOST": "127.0.0.1",
             "BTT_HTTP_PORT": str(free_port()),
+            # serve's DICOM node (its `dicom` child) gets a free port too, so stacks never collide.
+            "BTT_DICOM_HOST": "127.0.0.1",
+            "BTT_DICOM_PORT": str(free_port()),
             "BTT_HTTP_WORKERS": "1",
             "BTT_WORKER_CONCURRENCY": "1",
             **overrides,

@@ -8,7 +8,7 @@ Every test in this folder is marked `e2e` and runs twice in `scripts/test.sh`:
 2. again with `BTT_E2E_README_STACK=1`, against the stack started exactly as the README's run
    command starts it: `python manage.py serve` with none of the server's variables set (no
    DATABASE_URL, no CELERY_BROKER_URL: the embedded SQLite database and broker) except a fresh
-   temporary `BTT_DATA_DIR` and a free `BTT_HTTP_PORT`; the token then comes from
+   temporary `BTT_DATA_DIR` and a free `BTT_HTTP_PORT` (and `BTT_DICOM_PORT`); the token then comes from
    `python manage.py create_api_client e2e --role admin`, as an operator would make it.
 
 So tests here talk to the server only through `e2e_base_url` and `e2e_token` (plus any HTTP
@@ -54,6 +54,8 @@ def readme_env(data_dir: Path, port: int) -> dict[str, str]:
         if not name.startswith(_SERVER_ENV_PREFIXES) and name != "DATABASE_URL"
     }
     env.update({"BTT_DATA_DIR": str(data_dir), "BTT_HTTP_PORT": str(port), "PYTHONUNBUFFERED": "1"})
+    # The DICOM node `serve` runs listens on a free port too (11112 may be taken on a shared machine).
+    env["BTT_DICOM_PORT"] = str(free_port())
     return env
 
 

@@ -1,0 +1,483 @@
+"""The DICOM node's application entity: listeners, presentation contexts, association policy.
+
+`DicomNode` is what `python manage.py dicom_scp` (and so the `dicom` child of `serve`) runs:
+
+- one pynetdicom AE titled `BTT_DICOM_AET`, listening on `BTT_DICOM_HOST:BTT_DICOM_PORT`, and,
+  when `BTT_DICOM_TLS_CERT` / `BTT_DICOM_TLS_KEY` are set, a second DICOM TLS listener on
+  `BTT_DICOM_TLS_PORT` (the TLS handshake runs in the connection's own thread, so a client that
+  stalls in it holds up nobody else);
+- presentation contexts: Verification and every storage SOP class with every transfer syntax
+  (`scp_store.add_store_contexts`), the Query/Retrieve classes (`scp_query`). Per context the
+  node accepts the first transfer syntax the *sender* proposes that it supports, so a sender
+  that lists the encoding of its file first never has to convert it (see `on_requested`);
+- handlers: `scp_store.STORE_HANDLERS` (C-ECHO, C-STORE), `scp_query.QUERY_RETRIEVE_HANDLERS`
+  (C-FIND, C-MOVE, C-GET), and the association handlers below;
+- limits: `BTT_DICOM_MAX_PDU` (the largest PDU offered and accepted: a peer that sends a bigger
+  one is aborted), `BTT_DICOM_TIMEOUT` (ACSE, DIMSE and network timeouts: a peer that connects
+  and says nothing, or stops in the middle, is dropped), `BTT_DICOM_MAX_ASSOCIATIONS` (more are
+  rejected, transient, local limit exceeded).
+
+Association policy (`on_requested`, before negotiation): with `BTT_DICOM_ALLOW_UNKNOWN_AE` off
+(allow-list mode) a calling AE title that is no RemoteAE is rejected with A-ASSOCIATE-RJ
+(rejected-permanent, service-user, calling AE title not recognised); a known AE that may do none
+of what it proposes (say, only storage contexts without allow_store, or allow_get for a C-GET
+requestor) is rejected (rejected-permanent, service-user, no reason given). Each operation is
+checked again in its handler (C-STORE: 0x0124 refused, not authorised).
+
+Each association runs in its own thread; its database connection is closed when it ends, and a
+data set left half-received by an abort is deleted from the staging folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import logging
+import os
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from integrations.dicom import scp_query, scp_store, services, tls
+from integrations.dicom.storage import get_instance_storage
+
+logger = logging.getLogger("integrations.dicom.scp")
+
+# Non-P-DATA PDUs (association request/accept/reject, release, abort) larger than this are
+# not DICOM: an A-ASSOCIATE-RQ with 128 contexts and user identity is well below it.
+MAX_CONTROL_PDU = 1024 * 1024
+_P_DATA_TF = 0x04
+
+# SOP classes of each Query/Retrieve operation, for the association-time permission check.
+_QR_OPERATIONS = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "find",  # Patient Root FIND
+    "1.2.840.10008.5.1.4.1.2.2.1": "find",  # Study Root FIND
+    "1.2.840.10008.5.1.4.1.2.3.1": "find",  # Patient/Study Only FIND (retired)
+    "1.2.840.10008.5.1.4.1.2.1.2": "move",
+    "1.2.840.10008.5.1.4.1.2.2.2": "move",
+    "1.2.840.10008.5.1.4.1.2.3.2": "move",
+    "1.2.840.10008.5.1.4.1.2.1.3": "get",
+    "1.2.840.10008.5.1.4.1.2.2.3": "get",
+    "1.2.840.10008.5.1.4.1.2.3.3": "get",
+}
+_VERIFICATION = "1.2.840.10008.1.1"
+_STORAGE = frozenset(scp_store.STORAGE_SOP_CLASSES)
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings of the SCP (call before building the AE).
+
+    Received data sets go to a file as they arrive (never whole into memory), staged in the
+    instance storage's own folder so storing them is a rename, with the kernel writing them out
+    as they come (`_WritebackFile`); pynetdicom's chatty per-PDU logging stays off unless
+    BTT_LOG_LEVEL is DEBUG.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(get_instance_storage().staging_dir())
+    if _sync_file_range is not None:
+        dimse_messages.NamedTemporaryFile = _staging_file
+    if settings.BTT_LOG_LEVEL != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _load_sync_file_range() -> Callable[..., int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+class _WritebackFile:
+    """The file pynetdicom writes a received data set to, as it arrives. Each flush (pynetdicom
+    flushes after every fragment) also starts the kernel's writeback of what was written, so that
+    the fsync before the instance is acknowledged has little left to wait for."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        return self._raw.write(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+        _sync_file_range(self._raw.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)  # starts I/O, does not wait
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def _staging_file(*args: Any, **kwargs: Any) -> Any:
+    """`tempfile.NamedTemporaryFile` for pynetdicom's received data sets, with early writeback."""
+    handle = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom closes it
+    handle.file = _WritebackFile(handle.file)
+    return handle
+
+
+def build_ae() -> AE:
+    """The node's AE: title, limits, timeouts and supported presentation contexts."""
+    ae = AE(ae_title=settings.BTT_DICOM_AET)
+    ae.maximum_pdu_size = settings.BTT_DICOM_MAX_PDU
+    ae.acse_timeout = settings.BTT_DICOM_TIMEOUT
+    ae.dimse_timeout = settings.BTT_DICOM_TIMEOUT
+    ae.network_timeout = settings.BTT_DICOM_TIMEOUT
+    ae.maximum_associations = settings.BTT_DICOM_MAX_ASSOCIATIONS
+    ae.require_called_aet = settings.BTT_DICOM_CHECK_CALLED_AET
+    scp_store.add_store_contexts(ae)
+    scp_query.add_query_retrieve_contexts(ae)
+    return ae
+
+
+# --- Association handlers ------------------------------------------------------------------------
+
+
+def on_conn_open(event: Event) -> None:
+    """A peer connected: guard its PDU sizes and clean up after its association thread."""
+    assoc = event.assoc
+    assoc.dul._read_pdu_data = types.MethodType(_guarded_read_pdu_data, assoc.dul)
+    assoc.btt_stats = {"stored": 0, "failed": 0}
+    run = assoc.run
+
+    def run_and_clean_up() -> None:
+        try:
+            run()
+        finally:
+            _discard_partial_dataset(assoc)
+            connections.close_all()  # this thread's own connections; the thread ends now
+
+    assoc.run = run_and_clean_up
+
+
+def on_requested(event: Event) -> None:
+    """A-ASSOCIATE-RQ received: apply the allow-list and permissions, prefer the sender's
+    transfer syntaxes."""
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    calling = str(request.calling_ae_title).strip()
+    address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    proposed = list(request.presentation_context_definition_list)
+    try:
+        peer = services.peer_permissions(calling)
+    except Exception:
+        logger.exception("association from %s (%s): cannot read the remote AEs; rejecting", calling, address)
+        _reject(assoc, 0x02, 0x01, 0x01)  # rejected-transient, service-user, no reason given
+        return
+    assoc.btt_peer = peer
+    if not peer.known and not settings.BTT_DICOM_ALLOW_UNKNOWN_AE:
+        logger.warning(
+            "association from %s (%s) rejected: calling AE title not recognised (allow-list mode)",
+            calling,
+            address,
+        )
+        # rejected-permanent, service-user, calling AE title not recognised
+        _reject(assoc, 0x01, 0x01, 0x03)
+        return
+    if not any(_usable(peer, str(cx.abstract_syntax)) for cx in proposed):
+        logger.warning(
+            "association from %s (%s) rejected: the AE may do none of what it proposes "
+            "(allowed: store=%s find=%s move=%s get=%s)",
+            calling,
+            address,
+            peer.store,
+            peer.find,
+            peer.move,
+            peer.get,
+        )
+        _reject(assoc, 0x01, 0x01, 0x01)  # rejected-permanent, service-user, no reason given
+        return
+    _prefer_requested_transfer_syntaxes(assoc, proposed)
+
+
+def _reject(assoc: Any, result: int, source: int, reason: int) -> None:
+    """Send A-ASSOCIATE-RJ and wait until it is on the wire and the connection closed, as
+    pynetdicom's own negotiation does (the association thread closes the socket right after)."""
+    assoc.acse.send_reject(result, source, reason)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
+def _usable(peer: services.PeerPermissions, abstract_syntax: str) -> bool:
+    if abstract_syntax == _VERIFICATION:
+        return True
+    if abstract_syntax in _STORAGE:  # storage SCU, or a C-GET requestor taking the SCP role
+        return peer.store or peer.get
+    operation = _QR_OPERATIONS.get(abstract_syntax)
+    return peer.allows(operation) if operation else False
+
+
+def _prefer_requested_transfer_syntaxes(assoc: Any, proposed: list) -> None:
+    """Reorder our transfer syntaxes per abstract syntax in the order the requestor proposed them.
+
+    pynetdicom accepts, for each proposed context, the first of the *acceptor's* syntaxes that
+    the requestor offered; following the requestor's order instead means a sender never has to
+    convert (a big endian file stays big endian, an implicit VR one implicit).
+    """
+    wanted: dict[str, list[str]] = {}
+    for cx in proposed:
+        order = wanted.setdefault(str(cx.abstract_syntax), [])
+        order.extend(str(ts) for ts in cx.transfer_syntax if str(ts) not in order)
+    for cx in assoc.acceptor.supported_contexts:
+        order = wanted.get(str(cx.abstract_syntax))
+        if not order:
+            continue
+        ours = [str(ts) for ts in cx.transfer_syntax]
+        first = [ts for ts in order if ts in ours]
+        if first and ours[: len(first)] != first:
+            cx.transfer_syntax = first + [ts for ts in ours if ts not in first]
+
+
+def on_accepted(event: Event) -> None:
+    assoc = event.assoc
+    logger.info(
+        "association from %s (%s:%s) accepted: %d presentation context(s)",
+        str(assoc.requestor.ae_title).strip(),
+        assoc.requestor.address,
+        assoc.requestor.port,
+        len(assoc.accepted_contexts),
+    )
+
+
+def on_ended(event: Event) -> None:
+    assoc = event.assoc
+    how = "released" if event.event == evt.EVT_RELEASED else "aborted"
+    stats = getattr(assoc, "btt_stats", {})
+    logger.info(
+        "association from %s (%s:%s) %s: %d instance(s) stored, %d refused",
+        str(assoc.requestor.ae_title).strip(),
+        assoc.requestor.address,
+        assoc.requestor.port,
+        how,
+        stats.get("stored", 0),
+        stats.get("failed", 0),
+    )
+
+
+ASSOCIATION_HANDLERS: list[tuple] = [
+    (evt.EVT_CONN_OPEN, on_conn_open),
+    (evt.EVT_REQUESTED, on_requested),
+    (evt.EVT_ACCEPTED, on_accepted),
+    (evt.EVT_RELEASED, on_ended),
+    (evt.EVT_ABORTED, on_ended),
+]
+
+
+def handlers() -> list[tuple]:
+    """Every handler `start_server` binds: store, query/retrieve, association policy and logs."""
+    return [*scp_store.STORE_HANDLERS, *scp_query.QUERY_RETRIEVE_HANDLERS, *ASSOCIATION_HANDLERS]
+
+
+def _discard_partial_dataset(assoc: Any) -> None:
+    """Delete the staging file of a data set whose transfer never finished (aborted, dropped)."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return
+    with contextlib.suppress(OSError):
+        partial.close()
+    with contextlib.suppress(OSError):
+        os.unlink(partial.name)
+    logger.info("discarded a partly received data set from %s", str(assoc.requestor.ae_title).strip())
+
+
+def _guarded_read_pdu_data(self: Any) -> None:
+    """pynetdicom 3.0's `DULServiceProvider._read_pdu_data`, refusing oversized PDUs.
+
+    pynetdicom reads whatever length a PDU header announces, so one forged header could make it
+    buffer gigabytes. This reads the 6-byte header first and aborts the association (Evt19:
+    invalid PDU, A-ABORT to the peer) when a P-DATA-TF PDU exceeds the maximum length this node
+    offered (`BTT_DICOM_MAX_PDU`, PS3.8 D.1) or another PDU exceeds `MAX_CONTROL_PDU`.
+    """
+    dul = self
+    if getattr(dul, "btt_refused", False):
+        # A PDU was refused and A-ABORT sent: discard what else the peer sends and end the
+        # connection now, instead of answering every further byte until the ARTIM timer fires.
+        with contextlib.suppress(OSError):
+            dul.socket.socket.recv(65536)
+        dul.event_queue.put("Evt17")
+        return
+    bytestream = bytearray()
+    try:
+        bytestream.extend(dul.socket.recv(6))
+    except (OSError, TimeoutError):
+        dul.event_queue.put("Evt17")  # transport connection closed
+        return
+    try:
+        pdu_type, _, pdu_length = struct.unpack(">BBL", bytestream)
+    except struct.error:
+        dul.event_queue.put("Evt17")
+        return
+    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+        logger.warning(
+            "unknown PDU type 0x%02X from %s: aborting the association", pdu_type, dul.assoc.requestor.address
+        )
+        dul.btt_refused = True
+        dul.event_queue.put("Evt19")
+        return
+    limit = (dul.assoc.acceptor.maximum_length or 0) if pdu_type == _P_DATA_TF else MAX_CONTROL_PDU
+    if limit and pdu_length > limit:
+        logger.warning(
+            "PDU of %d bytes (type 0x%02X) from %s exceeds the %d this node accepts: aborting the association",
+            pdu_length,
+            pdu_type,
+            dul.assoc.requestor.address,
+            limit,
+        )
+        dul.btt_refused = True
+        dul.event_queue.put("Evt19")
+        return
+    # Read the rest straight into one buffer (pynetdicom reads in 4 KiB pieces, a Python loop
+    # iteration each: 32 per 128 KiB PDU).
+    total = 6 + pdu_length
+    bytestream.extend(bytes(pdu_length))
+    view = memoryview(bytestream)
+    received = 6
+    try:
+        raw = dul.socket.socket
+        while received < total:
+            count = raw.recv_into(view[received:], min(total - received, 1 << 20))
+            if not count:
+                break
+            received += count
+    except (OSError, TimeoutError, AttributeError):
+        pass
+    finally:
+        view.release()
+    if received != total:
+        logger.warning("connection closed in the middle of a PDU (%d of %d bytes)", received, total)
+        dul.event_queue.put("Evt17")
+        return
+    try:
+        pdu, event = dul._decode_pdu(bytestream)
+        dul.event_queue.put(event)
+    except Exception as exc:
+        logger.warning("undecodable PDU from the peer (%s): aborting the association", exc)
+        dul.event_queue.put("Evt19")
+        return
+    dul._recv_pdu.put(pdu)
+
+
+# --- Listeners ------------------------------------------------------------------------------------
+
+
+class SharedContexts(list):
+    """The supported presentation contexts, copied cheaply for each association.
+
+    pynetdicom deep-copies the server's contexts for every association: ~170 storage SOP classes
+    times ~45 transfer syntaxes, each UID validated again, some 40 ms of CPU per association. A
+    shallow copy of each context suffices: nothing changes a context's lists in place
+    (`on_requested` assigns new ones).
+    """
+
+    def __deepcopy__(self, memo: dict) -> list:
+        return [copy.copy(context) for context in self]
+
+
+class NodeAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server, with two fixes for peers that stall:
+
+    - every accepted connection gets the network timeout (pynetdicom leaves accepted sockets
+      blocking, so a peer that stops in the middle of a PDU would hold its thread for ever);
+    - the TLS handshake runs in the connection's own thread (pynetdicom does it in the listening
+      thread, so one client that connects and stays silent would block every other one).
+    """
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client_socket, address = self.socket.accept()
+        client_socket.settimeout(self.ae.network_timeout)
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(
+                client_socket, server_side=True, do_handshake_on_connect=False
+            )
+        return client_socket, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:
+                logger.warning("DICOM TLS handshake with %s failed: %s", client_address[0], exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+class DicomNode:
+    """The running SCP: `start()` its listeners, `stop()` them (see the module docstring)."""
+
+    def __init__(
+        self, *, host: str | None = None, port: int | None = None, tls_port: int | None = None
+    ) -> None:
+        configure_pynetdicom()
+        self.host = host or settings.BTT_DICOM_HOST
+        self.port = settings.BTT_DICOM_PORT if port is None else port
+        self.tls_port = settings.BTT_DICOM_TLS_PORT if tls_port is None else tls_port
+        self.ae = build_ae()
+        self.servers: list[ThreadedAssociationServer] = []
+
+    def _serve(self, port: int, ssl_context: ssl.SSLContext | None) -> ThreadedAssociationServer:
+        server = self.ae.make_server(
+            (self.host, port),
+            ssl_context=ssl_context,
+            evt_handlers=handlers(),
+            server_class=NodeAssociationServer,
+            contexts=SharedContexts(self.ae.supported_contexts),
+        )
+        thread = threading.Thread(target=server.serve_forever, name=f"dicom-listener-{port}", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() finds it
+        self.servers.append(server)
+        return server
+
+    def start(self) -> list[str]:
+        """Start listening; returns what listens where, one line each."""
+        removed = services.cleanup_staging()
+        if removed:
+            logger.info("removed %d stale staged file(s)", removed)
+        lines = []
+        self._serve(self.port, None)
+        lines.append(f"DICOM {settings.BTT_DICOM_AET} on {self.host}:{self.port}")
+        context = tls.server_context()
+        if context is not None:
+            self._serve(self.tls_port, context)
+            client_auth = (
+                "client certificates required" if settings.BTT_DICOM_TLS_CA else "no client certificates"
+            )
+            lines.append(f"DICOM TLS {settings.BTT_DICOM_AET} on {self.host}:{self.tls_port} ({client_auth})")
+        return lines
+
+    def stop(self, timeout: float = 10.0, say: Callable[[str], None] | None = None) -> None:
+        """Stop accepting, let running associations finish for up to `timeout` seconds, abort the rest."""
+        for server in self.servers:
+            server.shutdown()
+        self.servers = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._acceptors():
+            time.sleep(0.05)
+        left = self._acceptors()
+        if left and say:
+            say(f"aborting {len(left)} association(s) still running after {timeout:g}s")
+        for assoc in left:
+            assoc.abort()
+        for assoc in left:
+            assoc.join(timeout=5)
+
+    def _acceptors(self) -> list:
+        return [assoc for assoc in self.ae.active_associations if assoc.is_acceptor and assoc.is_alive()]

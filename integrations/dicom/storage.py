@@ -1,0 +1,252 @@
+"""Instance storage: where the DICOM files of the index live, behind a small interface.
+
+Every stored instance is one DICOM Part 10 file (preamble, File Meta Information, the data set
+exactly as received). The index (`models.Instance.storage_key`) names the file by an opaque key;
+nothing outside this module builds paths. `get_instance_storage()` returns the configured
+backend (`BTT_DICOM_STORAGE`): only `filesystem` today, so that object storage can be added
+later as another class with the same methods.
+
+`FileSystemStorage` lays files out under `BTT_DICOM_STORAGE_DIR` (default `$BTT_DATA_DIR/dicom`)
+as `ab/cd/<sha256 of the SOP Instance UID>.dcm` (two levels of 256 folders keep directories small),
+and stages incoming data in `incoming/` on the same file system so that storing is a rename:
+
+- `put_file(temp_path, name)` moves the file into place without overwriting anything (a hard
+  link, then unlinking the temporary name; a copy across file systems), makes it durable (fsync
+  of the file and of its folder, and of folders it created) and returns its key;
+  `begin_put(temp_path, name)` does the same but returns at once, the fsync running in a thread
+  pool, so the caller can do other work (the ingest path writes the index meanwhile) and `wait()`;
+- a key that is taken already (the same SOP Instance UID stored before, or a file a crash left
+  unindexed) gets a unique suffix instead, so a stored file is never overwritten while the index
+  still points at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from django.conf import settings
+
+
+class StorageError(Exception):
+    """The instance storage could not do what was asked (disk full, permissions, I/O error)."""
+
+
+class InstanceStorage(Protocol):
+    """What the DICOM node needs from an instance storage backend."""
+
+    def staging_dir(self) -> Path:
+        """A local folder for files being received, on the same file system as the store where
+        that matters (so `put_file` can rename instead of copy)."""
+
+    def put_file(self, temp_path: Path, name: str) -> str:
+        """Store the finished file at `temp_path` durably and return its key.
+
+        `name` (the SOP Instance UID) picks the key; the file is moved (or copied, then removed)
+        and is durable when this returns. Raises `StorageError`.
+        """
+
+    def begin_put(self, temp_path: Path, name: str) -> PendingPut:
+        """Like `put_file`, but returns at once with the key; the file is durable when the
+        result's `wait()` returns (it raises StorageError like `put_file`)."""
+
+    def open(self, key: str) -> BinaryIO:
+        """The stored file, opened for binary reading. Raises FileNotFoundError."""
+
+    def path(self, key: str) -> Path | None:
+        """A local path of the stored file where the backend has one (None otherwise)."""
+
+    def delete(self, key: str) -> None:
+        """Remove the stored file; a missing one is not an error."""
+
+    def exists(self, key: str) -> bool:
+        """Whether a file is stored under `key`."""
+
+    def size(self, key: str) -> int:
+        """Size of the stored file in bytes."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_durable(path: Path, folders: list[Path], name: str) -> None:
+    """fsync the file, then the folders whose entries name it (or its new parent folders)."""
+    try:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        for folder in folders:
+            _fsync_dir(folder)
+    except OSError as exc:
+        raise StorageError(f"storing {name} failed: {exc.strerror or exc}") from exc
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _sync_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _storage_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dicom-fsync")
+        return _pool
+
+
+class PendingPut:
+    """A file moved into the storage under `key` whose fsync may still be running."""
+
+    def __init__(self, key: str, future: Future | None = None) -> None:
+        self.key = key
+        self._future = future
+
+    def wait(self) -> str:
+        """Block until the file is durable; return its key. Raises StorageError."""
+        if self._future is not None:
+            self._future.result()
+        return self.key
+
+
+class FileSystemStorage:
+    """Instance files in a local (or mounted shared) folder; see the module docstring."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._incoming = self.root / "incoming"
+        self._made_dirs: set[Path] = set()
+        self._lock = threading.Lock()
+
+    # --- keys and paths ---------------------------------------------------------------------
+
+    @staticmethod
+    def key_for(name: str) -> str:
+        """The preferred key of the instance `name` (its SOP Instance UID): `ab/cd/<sha256>.dcm`."""
+        digest = hashlib.sha256(name.encode("ascii", "replace")).hexdigest()
+        return f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if len(parts) != 3 or any(not p or p in (".", "..") for p in parts) or "\\" in key:
+            raise ValueError(f"not an instance storage key: {key!r}")
+        return self.root.joinpath(*parts)
+
+    def _ensure_dir(self, folder: Path) -> list[Path]:
+        """Make `folder` (and its parent); return the folders whose entries changed (to fsync)."""
+        if folder in self._made_dirs:
+            return []
+        changed = []
+        if not folder.parent.exists():
+            changed.append(folder.parent.parent)
+        if not folder.exists():
+            changed.append(folder.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._made_dirs.add(folder)
+        return changed
+
+    # --- the interface ----------------------------------------------------------------------
+
+    def staging_dir(self) -> Path:
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        return self._incoming
+
+    def put_file(self, temp_path: Path, name: str) -> str:
+        return self.begin_put(temp_path, name).wait()
+
+    def begin_put(self, temp_path: Path, name: str) -> PendingPut:
+        """Move the file into place now and make it durable in the background; `wait()` on the
+        result before relying on it (the ingest path overlaps this with its database work)."""
+        temp_path = Path(temp_path)
+        key = self.key_for(name)
+        try:
+            target = self._path(key)
+            changed = self._ensure_dir(target.parent)
+            if not self._place(temp_path, target):  # the preferred key is taken: never overwrite
+                key = f"{key[:-4]}.{secrets.token_hex(6)}.dcm"
+                target = self._path(key)
+                if not self._place(temp_path, target):
+                    raise StorageError(f"could not place {temp_path} at {target}: exists")
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"storing {name} failed: {exc.strerror or exc}") from exc
+        return PendingPut(key, _sync_pool().submit(_make_durable, target, [target.parent, *changed], name))
+
+    def _place(self, source: Path, target: Path) -> bool:
+        """Move `source` to `target` unless `target` exists (False then). Atomic on one file system."""
+        try:
+            os.link(source, target)  # fails with EEXIST instead of overwriting
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            return self._copy_place(source, target)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(source)
+        return True
+
+    def _copy_place(self, source: Path, target: Path) -> bool:
+        """Cross-device (or no hard links): copy next to the target, fsync, rename without clobbering."""
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        try:
+            with open(source, "rb") as src, open(partial, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+                dst.flush()
+                os.fsync(dst.fileno())
+            try:
+                os.link(partial, target)
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(source)
+        return True
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(key))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+
+_storage: InstanceStorage | None = None
+_storage_config: tuple | None = None
+_storage_lock = threading.Lock()
+
+
+def get_instance_storage() -> InstanceStorage:
+    """The instance storage chosen by `BTT_DICOM_STORAGE` (one shared instance per process)."""
+    global _storage, _storage_config
+    config = (settings.BTT_DICOM_STORAGE, str(settings.BTT_DICOM_STORAGE_DIR))
+    with _storage_lock:
+        if _storage is None or _storage_config != config:  # settings may change in tests
+            if settings.BTT_DICOM_STORAGE == "filesystem":
+                _storage = FileSystemStorage(Path(settings.BTT_DICOM_STORAGE_DIR))
+            else:  # settings.py only lets known backends through
+                raise StorageError(f"unknown BTT_DICOM_STORAGE {settings.BTT_DICOM_STORAGE!r}")
+            _storage_config = config
+        return _storage
