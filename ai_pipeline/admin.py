@@ -1,0 +1,111 @@
+"""The AI pipeline in the admin console: models (enable/disable, re-scan), routing rules, jobs, weights."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+
+from ai_pipeline.models import AIModel, InferenceJob, RoutingRule, TrustWeights
+from ai_pipeline.registry import sync_registry
+
+
+@admin.register(AIModel)
+class AIModelAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "version",
+        "enabled",
+        "status",
+        "specialty",
+        "clinical_use",
+        "verified_at",
+        "path",
+    )
+    list_filter = ("enabled", "status", "specialty", "clinical_use")
+    search_fields = ("name", "version", "title", "sha256")
+    list_editable = ("enabled",)
+    readonly_fields = (
+        "name",
+        "version",
+        "sha256",
+        "manifest",
+        "path",
+        "status",
+        "status_detail",
+        "title",
+        "specialty",
+        "clinical_use",
+        "registered_at",
+        "updated_at",
+        "verified_at",
+    )
+    actions = ("enable", "disable", "rescan")
+
+    def has_add_permission(self, request) -> bool:
+        return False  # models come from the model folders (re-scan)
+
+    @admin.action(description="Enable the selected models")
+    def enable(self, request, queryset) -> None:
+        queryset.update(enabled=True)
+
+    @admin.action(description="Disable the selected models")
+    def disable(self, request, queryset) -> None:
+        queryset.update(enabled=False)
+
+    @admin.action(description="Re-scan the model folders (BTT_MODEL_DIR)")
+    def rescan(self, request, queryset) -> None:
+        result = sync_registry()
+        self.message_user(
+            request,
+            f"{len(result.registered)} model(s) available, {len(result.refused)} refused, {len(result.missing)} missing",
+        )
+        for folder, reason in result.refused:
+            self.message_user(request, f"{folder}: {reason}", level=messages.ERROR)
+
+
+@admin.register(RoutingRule)
+class RoutingRuleAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "enabled",
+        "model_name",
+        "model_version",
+        "modality",
+        "body_part",
+        "sop_class_uid",
+        "calling_ae",
+        "order_code",
+        "specialty",
+    )
+    list_filter = ("enabled", "modality", "model_name")
+    search_fields = ("name", "model_name", "order_code", "calling_ae")
+
+
+@admin.register(InferenceJob)
+class InferenceJobAdmin(admin.ModelAdmin):
+    list_display = (
+        "study_instance_uid",
+        "model_name",
+        "model_version",
+        "state",
+        "priority",
+        "trust_score",
+        "attempts",
+        "worker",
+        "queued_at",
+        "run_seconds",
+        "diagnostic_report_id",
+    )
+    list_filter = ("state", "priority", "model_name")
+    search_fields = ("study_instance_uid", "accession_number", "model_name", "diagnostic_report_id", "worker")
+    date_hierarchy = "queued_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(TrustWeights)
+class TrustWeightsAdmin(admin.ModelAdmin):
+    list_display = ("specialty", "alpha", "beta", "gamma", "note", "updated_at")

@@ -1,0 +1,221 @@
+"""The AI pipeline's tables: the model registry, routing rules, inference jobs, trust weights."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from ai_pipeline.config import check_weights
+
+
+class AIModel(models.Model):
+    """A model found in a model folder (`registry.sync_registry`): one row per name and version.
+
+    `status` says whether the folder can be used now: `available` (manifest valid, model.onnx
+    matches its sha256), `integrity_error` (the file does not match: refused), `invalid` (the
+    manifest does not validate) or `missing` (the folder is gone). Only enabled and available
+    models are routed and run. `enabled` is the admin's switch and survives re-scans.
+    """
+
+    class Status(models.TextChoices):
+        AVAILABLE = "available", "available"
+        INTEGRITY_ERROR = "integrity_error", "sha256 mismatch (refused)"
+        INVALID = "invalid", "invalid manifest"
+        MISSING = "missing", "folder missing"
+
+    name = models.CharField(max_length=64)
+    version = models.CharField(max_length=32)
+    sha256 = models.CharField(max_length=64, help_text="SHA-256 of model.onnx, as the manifest pins it")
+    manifest = models.JSONField(default=dict)
+    path = models.CharField(max_length=1024, help_text="the model folder (model.onnx and manifest.json)")
+    enabled = models.BooleanField(default=True, help_text="routed and run when available")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.AVAILABLE)
+    status_detail = models.TextField(blank=True, default="")
+    title = models.CharField(max_length=200, blank=True, default="")
+    specialty = models.CharField(max_length=64, blank=True, default="")
+    clinical_use = models.BooleanField(default=False)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    verified_at = models.DateTimeField(
+        null=True, blank=True, help_text="last time model.onnx matched its sha256"
+    )
+
+    class Meta:
+        verbose_name = "AI model"
+        ordering = ["name", "-registered_at"]
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="ai_model_name_version")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+    @property
+    def runnable(self) -> bool:
+        return self.enabled and self.status == self.Status.AVAILABLE
+
+
+class RoutingRule(models.Model):
+    """Which model runs on which studies. Every filled-in criterion must match; blank means any.
+
+    A study matches a criterion when any of its series/instances has the value (modality, body
+    part, SOP class), when the sending AE matches, or when one of the orders (ServiceRequest codes)
+    of the study's accession has the code. The model's own applicability (its manifest) must match
+    too. Disabled rules, disabled models and models that are not available are never routed.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    enabled = models.BooleanField(default=True)
+    model_name = models.CharField(max_length=64, help_text="the model's name (its manifest 'name')")
+    model_version = models.CharField(
+        max_length=32, blank=True, default="", help_text="blank: the newest enabled, available version"
+    )
+    modality = models.CharField(max_length=16, blank=True, default="", help_text="e.g. CT; blank: any")
+    body_part = models.CharField(
+        max_length=64, blank=True, default="", help_text="Body Part Examined, e.g. CHEST"
+    )
+    sop_class_uid = models.CharField(max_length=64, blank=True, default="")
+    calling_ae = models.CharField(max_length=16, blank=True, default="", help_text="sending AE title")
+    order_code = models.CharField(
+        max_length=100, blank=True, default="", help_text="ServiceRequest code: 'code' or 'system|code'"
+    )
+    specialty = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="trust-score weights to use; blank: the model's specialty",
+    )
+    description = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        self.modality = self.modality.strip().upper()
+        self.body_part = self.body_part.strip().upper()
+        self.calling_ae = self.calling_ae.strip()
+        self.specialty = self.specialty.strip().lower()
+        models_named = AIModel.objects.filter(name=self.model_name)
+        if not models_named.exists():
+            raise ValidationError({"model_name": f"no registered model is named {self.model_name!r}"})
+        if self.model_version and not models_named.filter(version=self.model_version).exists():
+            raise ValidationError(
+                {"model_version": f"{self.model_name} has no version {self.model_version!r}"}
+            )
+
+
+class InferenceJob(models.Model):
+    """One model run on one study: exactly one per (study, model name, model version).
+
+    States: `queued` (waiting for a worker; also after a transient failure that will be retried),
+    `running`, `succeeded` (the DiagnosticReport is written), `failed` (with `reason`; no report).
+    Durations are in seconds: `queue_seconds` from queued to started, `run_seconds` from started
+    to finished, and the steps of the run (load, preprocess, inference, write).
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+
+    class Priority(models.TextChoices):  # FHIR request-priority codes, most urgent first
+        STAT = "stat", "stat"
+        ASAP = "asap", "asap"
+        URGENT = "urgent", "urgent"
+        ROUTINE = "routine", "routine"
+
+    PRIORITY_RANK = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
+
+    study_instance_uid = models.CharField(max_length=64, db_index=True)
+    model = models.ForeignKey(AIModel, on_delete=models.PROTECT, related_name="jobs")
+    model_name = models.CharField(max_length=64)
+    model_version = models.CharField(max_length=32)
+    model_sha256 = models.CharField(max_length=64, blank=True, default="")
+    routing_rule = models.ForeignKey(
+        RoutingRule, on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs"
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    reason = models.TextField(
+        blank=True, default="", help_text="why it failed (or why an attempt is retried)"
+    )
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.ROUTINE)
+    worker = models.CharField(
+        max_length=255, blank=True, default="", help_text="the worker of the latest attempt"
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    event_id = models.CharField(max_length=200, blank=True, default="", help_text="the study_received event")
+    accession_number = models.CharField(max_length=64, blank=True, default="")
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    queue_seconds = models.FloatField(null=True, blank=True)
+    run_seconds = models.FloatField(null=True, blank=True)
+    load_seconds = models.FloatField(null=True, blank=True)
+    preprocess_seconds = models.FloatField(null=True, blank=True)
+    inference_seconds = models.FloatField(null=True, blank=True)
+    write_seconds = models.FloatField(null=True, blank=True)
+    images = models.PositiveIntegerField(null=True, blank=True, help_text="images (frames) the model saw")
+    providers = models.CharField(
+        max_length=200, blank=True, default="", help_text="onnxruntime providers used"
+    )
+    trust_score = models.FloatField(null=True, blank=True, help_text="0-100 %")
+    trust = models.JSONField(default=dict, blank=True, help_text="the trust score's factors and weights")
+    findings = models.JSONField(default=list, blank=True)
+    quality = models.JSONField(default=dict, blank=True)
+    diagnostic_report_id = models.CharField(max_length=64, blank=True, default="")
+    provenance_id = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "inference job"
+        ordering = ["-queued_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study_instance_uid", "model_name", "model_version"],
+                name="ai_job_study_model_version",
+            )
+        ]
+        indexes = [models.Index(fields=["state", "priority", "queued_at"], name="ai_job_queue")]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.model_version} on {self.study_instance_uid} ({self.state})"
+
+    @property
+    def priority_rank(self) -> int:
+        """0 for stat ... 3 for routine (lower runs first)."""
+        return self.PRIORITY_RANK.get(self.priority, 3)
+
+
+class TrustWeights(models.Model):
+    """alpha, beta, gamma of the trust score for one specialty (overrides BTT_TRUST_WEIGHTS).
+
+    `specialty` "default" applies to specialties without their own row or setting.
+    """
+
+    specialty = models.CharField(max_length=64, unique=True)
+    alpha = models.FloatField(help_text="weight of D_quality x M_confidence")
+    beta = models.FloatField(help_text="weight of H_consensus x (1 - U_factor)")
+    gamma = models.FloatField(help_text="weight of E_evidence")
+    note = models.CharField(max_length=200, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "trust weights"
+        verbose_name_plural = "trust weights"
+        ordering = ["specialty"]
+
+    def __str__(self) -> str:
+        return f"{self.specialty}: alpha {self.alpha:g}, beta {self.beta:g}, gamma {self.gamma:g}"
+
+    def clean(self) -> None:
+        self.specialty = self.specialty.strip().lower()
+        try:
+            check_weights(self.alpha, self.beta, self.gamma, where=self.specialty or "weights")
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
