@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from btt_health.env import (
     env_bool,
     env_choice,
+    env_float,
     env_int,
     env_list,
     env_optional_str,
@@ -50,6 +51,83 @@ BTT_BENCH_VIEWS = env_bool("BTT_BENCH_VIEWS", False)
 # Form-encoded POST _search bodies are parsed by Django, which applies its own limit.
 DATA_UPLOAD_MAX_MEMORY_SIZE = BTT_FHIR_MAX_BODY_BYTES
 
+# --- DICOM node: SCP, instance storage, peers, TLS --------------------------------------------
+# (integrations/dicom/scp.py, scp_store.py, services.py, storage.py, tls.py; the README's DICOM section)
+# BTT_DICOM_PORT and BTT_DICOM_AET are read above with the other ports.
+if (
+    not 1 <= len(BTT_DICOM_AET) <= 16
+    or "\\" in BTT_DICOM_AET
+    or any(ord(c) < 32 or ord(c) > 126 for c in BTT_DICOM_AET)
+):
+    raise ImproperlyConfigured(
+        f"BTT_DICOM_AET must be 1-16 printable ASCII characters without a backslash, got {BTT_DICOM_AET!r}"
+    )
+BTT_DICOM_HOST = env_str("BTT_DICOM_HOST", "0.0.0.0")
+BTT_RUN_DICOM = env_bool("BTT_RUN_DICOM", True)  # whether `serve` runs the DICOM SCP
+BTT_DICOM_STORAGE = env_choice("BTT_DICOM_STORAGE", "filesystem", ("filesystem",))
+BTT_DICOM_STORAGE_DIR = env_path("BTT_DICOM_STORAGE_DIR", BTT_DATA_DIR / "dicom")
+BTT_DICOM_DUPLICATE_POLICY = env_choice("BTT_DICOM_DUPLICATE_POLICY", "keep", ("keep", "replace"))
+# Largest PDU this node receives (the maximum length it offers in association negotiation); a
+# peer sending a bigger one is aborted.
+BTT_DICOM_MAX_PDU = env_int("BTT_DICOM_MAX_PDU", 131072, minimum=4096, maximum=16 * 1024 * 1024)
+# Seconds a peer may stay silent (ACSE, DIMSE and network timeouts) before it is dropped.
+BTT_DICOM_TIMEOUT = env_float("BTT_DICOM_TIMEOUT", 30.0, minimum=1.0)
+BTT_DICOM_MAX_ASSOCIATIONS = env_int("BTT_DICOM_MAX_ASSOCIATIONS", 32, minimum=1, maximum=1000)
+# Accept associations from calling AE titles that are not a configured remote AE (add_dicom_peer).
+BTT_DICOM_ALLOW_UNKNOWN_AE = env_bool("BTT_DICOM_ALLOW_UNKNOWN_AE", True)
+# Reject associations whose called AE title is not BTT_DICOM_AET.
+BTT_DICOM_CHECK_CALLED_AET = env_bool("BTT_DICOM_CHECK_CALLED_AET", False)
+# DICOM TLS: a second listener on BTT_DICOM_TLS_PORT when certificate and key are both set;
+# with a CA, peers must present a certificate it signed (and the SCU verifies servers with it).
+BTT_DICOM_TLS_CERT = env_optional_str("BTT_DICOM_TLS_CERT")
+BTT_DICOM_TLS_KEY = env_optional_str("BTT_DICOM_TLS_KEY")
+BTT_DICOM_TLS_CA = env_optional_str("BTT_DICOM_TLS_CA")
+BTT_DICOM_TLS_PORT = env_int("BTT_DICOM_TLS_PORT", 2762, minimum=1, maximum=65535)
+# DICOMweb (integrations/dicom/dicomweb): the most QIDO-RS results one request returns, and the
+# base URL written into retrieve URLs (from the request when unset; set it behind a proxy).
+BTT_DICOMWEB_MAX_RESULTS = env_int("BTT_DICOMWEB_MAX_RESULTS", 5000, minimum=1, maximum=100000)
+BTT_DICOMWEB_BASE_URL = env_optional_str("BTT_DICOMWEB_BASE_URL")
+if (BTT_DICOM_TLS_CERT is None) != (BTT_DICOM_TLS_KEY is None):
+    raise ImproperlyConfigured("BTT_DICOM_TLS_CERT and BTT_DICOM_TLS_KEY must be set together")
+for _tls_setting in ("BTT_DICOM_TLS_CERT", "BTT_DICOM_TLS_KEY", "BTT_DICOM_TLS_CA"):
+    if globals()[_tls_setting] is not None and not Path(globals()[_tls_setting]).is_file():
+        raise ImproperlyConfigured(
+            f"{_tls_setting} must name a readable file, got {globals()[_tls_setting]!r}"
+        )
+
+# --- DICOM: study-complete detection and FHIR ImagingStudy upkeep -----------------------------
+# (integrations/dicom/study_complete.py, imaging_study.py, tasks.py; docs/architecture.md)
+# A study is complete when none of its instances arrived for this long, over any associations.
+BTT_DICOM_STUDY_QUIET_SECONDS = env_float("BTT_DICOM_STUDY_QUIET_SECONDS", 5.0, minimum=0.5)
+# While a study is being received its ImagingStudy is rewritten at most this often (and always
+# at completion), so a 300-slice CT makes a handful of FHIR versions, not 300.
+BTT_DICOM_IMAGING_STUDY_REFRESH_SECONDS = env_float(
+    "BTT_DICOM_IMAGING_STUDY_REFRESH_SECONDS", 2.0, minimum=0.1
+)
+# Identifier system of Patient IDs that come without an issuer (0010,0021): the hospital's MRN
+# system, the one its EHR (and the HL7 v2 mapping) uses, so DICOM and EHR patients match.
+BTT_DICOM_PATIENT_ID_SYSTEM = env_str("BTT_DICOM_PATIENT_ID_SYSTEM", "urn:btt-health:patient-id")
+# Identifier system of accession numbers without an Issuer of Accession Number; unset: none.
+BTT_DICOM_ACCESSION_SYSTEM = env_optional_str("BTT_DICOM_ACCESSION_SYSTEM")
+# Zone of DICOM dates and times that carry no Timezone Offset From UTC (0008,0201).
+BTT_DICOM_TIME_ZONE = env_str("BTT_DICOM_TIME_ZONE", "UTC")
+# Celery queue of the study-complete checks and ImagingStudy refreshes (a worker must consume it).
+BTT_DICOM_TASK_QUEUE = env_str("BTT_DICOM_TASK_QUEUE", "default")
+for _uri_setting in ("BTT_DICOM_PATIENT_ID_SYSTEM", "BTT_DICOM_ACCESSION_SYSTEM"):
+    _uri_value = globals()[_uri_setting]
+    if _uri_value is not None and (":" not in _uri_value or any(c.isspace() for c in _uri_value)):
+        raise ImproperlyConfigured(
+            f"{_uri_setting} must be an absolute URI (urn:oid:..., http://...), got {_uri_value!r}"
+        )
+import zoneinfo  # noqa: E402 - only this block needs it
+
+try:
+    zoneinfo.ZoneInfo(BTT_DICOM_TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(
+        f"BTT_DICOM_TIME_ZONE must be an IANA time zone name (Europe/Berlin, UTC), got {BTT_DICOM_TIME_ZONE!r}"
+    ) from None
+
 # --- Django core ------------------------------------------------------------------------------
 DEBUG = env_bool("BTT_DEBUG", False)
 SECRET_KEY = env_optional_str("DJANGO_SECRET_KEY")
@@ -82,6 +160,8 @@ INSTALLED_APPS = [
     "btt_health",  # the project's own management commands (serve, create_api_client) and tasks
     "btt_health.api_auth",
     "integrations.fhir",
+    "integrations.dicom",
+    "ai_pipeline",
 ]
 
 MIDDLEWARE = [
@@ -170,6 +250,8 @@ if _broker_url is None:
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # The transport polls its folder; the default second would delay every task by up to 1 s.
+        "polling_interval": 0.1,
     }
 else:
     CELERY_BROKER_URL = _broker_url
@@ -184,6 +266,46 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_QUEUES = env_list("BTT_WORKER_QUEUES", ["default", "inference", "ledger"])
+
+# --- Events between the parts (btt_health/events.py) -------------------------------------------
+# Extra subscribers, loaded in the process that emits (a Celery worker), as a comma-separated list
+# of `event=package.module.function`, e.g. `study_received=myhospital.hooks.on_study`.
+BTT_EVENT_SUBSCRIBERS = env_list("BTT_EVENT_SUBSCRIBERS", [])
+for _entry in BTT_EVENT_SUBSCRIBERS:
+    _event, _sep, _path = _entry.partition("=")
+    if not _sep or not _event.strip() or "." not in _path.strip():
+        raise ImproperlyConfigured(
+            f"BTT_EVENT_SUBSCRIBERS entries must look like event=package.module.function, got {_entry!r}"
+        )
+
+# --- AI pipeline: model registry, inference runtime, trust score -----------------------------
+# (ai_pipeline/registry.py, runtime.py, trust.py; docs/architecture.md "AI pipeline", docs/trust-score.md)
+from ai_pipeline.config import parse_providers, parse_trust_weights  # noqa: E402
+
+# Folders searched for models (each model a sub-folder with model.onnx and manifest.json), comma-separated.
+BTT_MODEL_DIR = [Path(p) for p in env_list("BTT_MODEL_DIR", [])] or [
+    BASE_DIR / "fixtures" / "models",
+    BTT_DATA_DIR / "models",
+]
+# Whether a model seen for the first time is enabled (routed and run) before anyone looks at it.
+BTT_MODELS_ENABLED_BY_DEFAULT = env_bool("BTT_MODELS_ENABLED_BY_DEFAULT", True)
+# onnxruntime execution providers in order of preference (cuda, tensorrt, cpu or full names);
+# empty: TensorRT, then CUDA where onnxruntime-gpu sees a GPU, then CPU.
+BTT_ONNX_PROVIDERS = parse_providers(env_list("BTT_ONNX_PROVIDERS", []))
+# Threads onnxruntime uses inside one operator (0: its default, one per core).
+BTT_ONNX_THREADS = env_int("BTT_ONNX_THREADS", 0, minimum=0, maximum=256)
+# Where TensorRT keeps the engines it builds (building one takes minutes; they are reused).
+BTT_ONNX_TRT_CACHE_DIR = env_path("BTT_ONNX_TRT_CACHE_DIR", BTT_DATA_DIR / "models" / "tensorrt-cache")
+# Trust-score weights per specialty, JSON: {"radiology": {"alpha": 0.5, "beta": 0.2, "gamma": 0.3}}.
+# Merged over the built-in {"default": {"alpha": 0.5, "beta": 0.25, "gamma": 0.25}}; TrustWeights rows
+# (admin) override both.
+BTT_TRUST_WEIGHTS = parse_trust_weights(env_optional_str("BTT_TRUST_WEIGHTS"))
+# H_consensus when there is nothing to compare with (no prior report, no other model): neutral.
+BTT_TRUST_NEUTRAL_CONSENSUS = env_float("BTT_TRUST_NEUTRAL_CONSENSUS", 0.5, minimum=0.0)
+if BTT_TRUST_NEUTRAL_CONSENSUS > 1:
+    raise ImproperlyConfigured(
+        f"BTT_TRUST_NEUTRAL_CONSENSUS must be between 0 and 1, got {BTT_TRUST_NEUTRAL_CONSENSUS}"
+    )
 
 # --- Static files served by whitenoise --------------------------------------------------------
 STATIC_URL = "static/"
