@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
+from django.core import signing
 from django.utils import timezone
 
 from integrations.fhir import store
@@ -187,15 +189,37 @@ def test_bad_count_is_400():
     assert "_count" in str(error.value)
 
 
-def test_expired_or_unknown_page_is_410():
+def test_expired_or_unknown_page_is_410(monkeypatch):
+    """Default-order paging state lives in the signed link: an hour later (the clock that checks
+    the signature's age is moved forward) the link answers 410, as a stored snapshot does."""
     make(3)
     page1 = run("Observation", "_count=1")
+    later = time.time() + engine.SNAPSHOT_TTL.total_seconds() + 1
+    monkeypatch.setattr(signing.time, "time", lambda: later)
+    with pytest.raises(FhirError) as error:
+        follow(link(page1, "next"))
+    assert error.value.status == 410
+    monkeypatch.undo()
+    with pytest.raises(FhirError) as error:
+        follow(f"{BASE}?_getpages=nope&_getpagesoffset=1&_count=1")
+    assert error.value.status == 410
+
+
+def test_expired_sorted_snapshot_is_410():
+    make(3)
+    page1 = run("Observation", "_count=1&_sort=_id")
     SearchSnapshot.objects.update(expires=timezone.now() - timedelta(seconds=1))
     with pytest.raises(FhirError) as error:
         follow(link(page1, "next"))
     assert error.value.status == 410
+
+
+def test_forged_cursor_is_410():
+    make(3)
+    page1 = run("Observation", "_count=1")
+    forged = link(page1, "next").replace("_getpages=c.", "_getpages=c.x")
     with pytest.raises(FhirError) as error:
-        follow(f"{BASE}?_getpages=nope&_getpagesoffset=1&_count=1")
+        follow(forged)
     assert error.value.status == 410
 
 

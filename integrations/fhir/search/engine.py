@@ -1,11 +1,11 @@
 """Running a parsed search: pages, paging state, _include/_revinclude and the searchset Bundle.
 
 Paging must stay correct while other clients write: no match repeated or skipped between pages.
-Every multi-page search stores a `SearchSnapshot` that its paging links name
-(`?_getpages=<id>&...`), in one of two ways:
+Every multi-page search has paging state that its links name (`?_getpages=<id>&...`), in one of
+two ways:
 
-- Default order (record id, no `_sort`): cursor paging. Page 1 records the highest record id
-  (`watermark`); each link carries the id it continues after (`_after`) or before (`_before`), and
+- Default order (record id, no `_sort`): cursor paging. Page 1 notes the highest record id
+  (`watermark`) in a signed cursor id (`CursorSnapshot`: nothing is written); each link carries the id it continues after (`_after`) or before (`_before`), and
   pages are the matches with ids up to the watermark. Record ids never change, so no resource is
   repeated or skipped; resources created after page 1 never appear; a resource updated since
   appears as it is now if it still matches, and deleted ones drop out. Each page costs what page 1
@@ -13,7 +13,8 @@ Every multi-page search stores a `SearchSnapshot` that its paging links name
   Caveat: a transaction that was still running when page 1 was served, and whose new resources
   got ids below the watermark, shows those resources on later pages once it commits (PostgreSQL
   hands out ids before commit). Nothing is repeated or skipped because of it.
-- `_sort`: the ordered ids of the matches (up to SNAPSHOT_LIMIT) are stored with page 1 (the sort
+- `_sort`: the ordered ids of the matches (up to SNAPSHOT_LIMIT) are stored with page 1 in a
+  `SearchSnapshot` row (the sort
   must see every match anyway), and every page is cut from that list; each resource is shown as
   it is now, deleted ones are left out.
 
@@ -34,6 +35,7 @@ from functools import reduce
 from urllib.parse import urlencode
 
 import orjson
+from django.core import signing
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
@@ -88,7 +90,7 @@ def first_page(
 
     if request.default_order:
         total = records.count() if counted else None
-        snapshot = _create_snapshot(request, kind, stored_params, watermark=watermark, total=total)
+        snapshot = _cursor_snapshot(request, kind, stored_params, watermark=watermark, total=total)
         rows = rows[:count]
         links = [
             _link("self", self_url),
@@ -119,7 +121,7 @@ def next_page(
     offset = _non_negative(values, "_getpagesoffset", 0)
     after = _non_negative(values, "_after", None)
     before = _non_negative(values, "_before", None)
-    snapshot = SearchSnapshot.objects.filter(pk=snapshot_id, expires__gt=timezone.now()).first()
+    snapshot = _load_snapshot(snapshot_id)
     if snapshot is None:
         raise FhirError.single(
             410, "not-found", f"the search '{snapshot_id}' is unknown or has expired; run the search again"
@@ -193,6 +195,54 @@ def _rows_and_watermark(records: QuerySet, limit: int) -> tuple[list[Row], int]:
     highest = ResourceRecord.objects.order_by("-pk").values("pk")[:1]
     values = list(records.annotate(watermark=Subquery(highest)).values_list("pk", "watermark")[:limit])
     return _rows_by_ids([pk for pk, _ in values]), (values[0][1] if values else 0)
+
+
+@dataclass(frozen=True)
+class CursorSnapshot:
+    """The paging state of a default-order search, carried in its links instead of a table.
+
+    Its id is the signed, compressed state itself (`c.` + django.core.signing), so page 1 of a
+    search writes nothing; the signature keeps clients from handing us made-up state, and its
+    timestamp gives the same one-hour life as a stored snapshot.
+    """
+
+    id: str
+    resource_type: str
+    kind: str
+    params: str
+    watermark: int
+    total: int | None
+    complete: bool = True
+    ids: str = ""
+
+
+_CURSOR_PREFIX = "c."
+_CURSOR_SALT = "btt.fhir.search.cursor"
+
+
+def _cursor_snapshot(
+    request: SearchRequest, kind: str, stored_params: dict, *, watermark: int, total: int | None
+) -> CursorSnapshot:
+    state = {
+        "t": request.resource_type or "",
+        "k": kind,
+        "p": json.dumps(stored_params),
+        "w": watermark,
+        "n": total,
+    }
+    token = _CURSOR_PREFIX + signing.dumps(state, salt=_CURSOR_SALT, compress=True)
+    return CursorSnapshot(token, state["t"], kind, state["p"], watermark, total)
+
+
+def _load_snapshot(snapshot_id: str) -> CursorSnapshot | SearchSnapshot | None:
+    """The paging state a link names: decoded from a cursor id, or a stored (sorted) snapshot."""
+    if snapshot_id.startswith(_CURSOR_PREFIX):
+        try:
+            state = signing.loads(snapshot_id[len(_CURSOR_PREFIX) :], salt=_CURSOR_SALT, max_age=SNAPSHOT_TTL)
+        except signing.BadSignature:  # also SignatureExpired
+            return None
+        return CursorSnapshot(snapshot_id, state["t"], state["k"], state["p"], state["w"], state["n"])
+    return SearchSnapshot.objects.filter(pk=snapshot_id, expires__gt=timezone.now()).first()
 
 
 def _create_snapshot(
