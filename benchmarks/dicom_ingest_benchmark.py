@@ -65,6 +65,7 @@ from fhir_benchmark import (
     load_average,
     machine_description,
     manage,
+    record,
 )
 from make_ct_series import Series, SeriesSpec, ensure_series
 from psycopg2 import sql
@@ -810,24 +811,6 @@ def report(
     return "\n".join(lines)
 
 
-def record(table: str, machine: dict[str, str], args: argparse.Namespace) -> None:
-    """Append the table and the machine description to docs/benchmarks.md (created if missing)."""
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    if not RESULTS_FILE.exists():
-        RESULTS_FILE.write_text(
-            "# Benchmarks\n\n"
-            "Results appended by the scripts under `benchmarks/`, newest last. Each entry names the "
-            "machine it ran on and the peer it was compared with in the same run.\n"
-        )
-    header = (
-        f"\n## DICOM node: C-STORE ingest against Orthanc and storescp ({machine['Date']})\n\n"
-        f"`{' '.join(args.command_line)}`\n\n"
-    )
-    description = "\n".join(f"- {key}: {value}" for key, value in machine.items())
-    with RESULTS_FILE.open("a") as out:
-        out.write(header + description + "\n\n" + table + "\n")
-
-
 # --- Main ---------------------------------------------------------------------------------------
 
 
@@ -1028,7 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table)
         print()
         if will_record:
-            record(table, machine, args)
+            record(table, machine, args, "DICOM node: C-STORE ingest against Orthanc and storescp")
             print(f"appended to {RESULTS_FILE.relative_to(REPO_ROOT)}")
         elif not full_size:
             print(

@@ -933,8 +933,13 @@ def report(
     return "\n".join(lines + notes)
 
 
-def record(table: str, machine: dict[str, str], args: argparse.Namespace) -> None:
-    """Append the table and the machine description to docs/benchmarks.md (created if missing)."""
+def record(
+    table: str,
+    machine: dict[str, str],
+    args: argparse.Namespace,
+    title: str = "FHIR server: ingest, read and search",
+) -> None:
+    """Append the table under `title`, with the machine description, to docs/benchmarks.md."""
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     if not RESULTS_FILE.exists():
         RESULTS_FILE.write_text(
@@ -942,10 +947,7 @@ def record(table: str, machine: dict[str, str], args: argparse.Namespace) -> Non
             "Results appended by the scripts under `benchmarks/`, newest last. Each entry names the "
             "machine it ran on and the peer it was compared with in the same run.\n"
         )
-    header = (
-        f"\n## FHIR server: ingest, read and search ({machine['Date']})\n\n"
-        f"`{' '.join(args.command_line)}`\n\n"
-    )
+    header = f"\n## {title} ({machine['Date']})\n\n`{' '.join(args.command_line)}`\n\n"
     description = "\n".join(f"- {key}: {value}" for key, value in machine.items())
     with RESULTS_FILE.open("a") as out:
         out.write(header + description + "\n\n" + table + "\n")
