@@ -46,7 +46,7 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce, Greatest, Now
 from django.utils import timezone
@@ -81,6 +81,11 @@ def instance_stored(instance: Instance) -> None:
     Records the instance's calling AE on the study. Nothing is queued if the transaction rolls back.
     """
     study_id = _study_pk(instance)
+    if transaction.get_connection().vendor == "postgresql":
+        started_cycle = _touch_study_postgresql(study_id, instance.calling_ae)
+        if started_cycle is not None:
+            _start_cycle(*started_cycle)
+        return
     updates = {"last_received_at": Greatest(Coalesce(F("last_received_at"), Now()), Now())}
     if instance.calling_ae:
         updates["calling_ae"] = instance.calling_ae
@@ -91,9 +96,44 @@ def instance_stored(instance: Instance) -> None:
     if not started:
         Study.objects.filter(pk=study_id).update(**updates)
         return
-    uid, cycle = Study.objects.filter(pk=study_id).values_list("study_instance_uid", "completion_count").get()
+    _start_cycle(
+        *Study.objects.filter(pk=study_id).values_list("study_instance_uid", "completion_count").get()
+    )
+
+
+def _start_cycle(uid: str, cycle: int) -> None:
     logger.debug("study %s: completion cycle %d started", uid, cycle + 1)
     _schedule_on_commit(uid, cycle)
+
+
+# The ORM path above takes two statements per instance (an UPDATE that starts a cycle, else one
+# that only moves last_received_at); on the per-instance hot path PostgreSQL does both in one,
+# reading the row's previous state in a locking CTE.
+_TOUCH_STUDY_SQL = f"""
+WITH before AS (
+    SELECT id, awaiting_completion, last_received_at FROM {Study._meta.db_table} WHERE id = %(id)s FOR UPDATE
+)
+UPDATE {Study._meta.db_table} AS study SET
+    last_received_at = GREATEST(COALESCE(study.last_received_at, now()), now()),
+    calling_ae = CASE WHEN %(ae)s <> '' THEN %(ae)s ELSE study.calling_ae END,
+    first_received_at = CASE WHEN starts THEN COALESCE(study.first_received_at, now())
+                             ELSE study.first_received_at END,
+    awaiting_completion = study.awaiting_completion OR starts
+FROM (
+    SELECT id, (NOT awaiting_completion OR last_received_at < now() - %(stall)s) AS starts FROM before
+) AS cycle
+WHERE study.id = cycle.id
+RETURNING cycle.starts, study.study_instance_uid, study.completion_count
+"""
+
+
+def _touch_study_postgresql(study_id: int, calling_ae: str) -> tuple[str, int] | None:
+    """`instance_stored` in one statement; (uid, completion_count) when a new cycle started."""
+    stall = quiet_period() + STALL_GRACE
+    with connection.cursor() as cursor:
+        cursor.execute(_TOUCH_STUDY_SQL, {"id": study_id, "ae": calling_ae or "", "stall": stall})
+        starts, uid, cycle = cursor.fetchone()
+    return (uid, cycle) if starts else None
 
 
 def _study_pk(instance: Instance) -> int:
