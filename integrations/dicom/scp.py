@@ -419,6 +419,19 @@ class NodeAssociationServer(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
 
+def _warm_up_task_queue() -> None:
+    """Load the study-complete tasks and open the broker connection now, so the first instance
+    of the first study does not wait for imports and a connection (about 150 ms)."""
+    from btt_health.celery import app as celery_app
+    from integrations.dicom import tasks  # noqa: F401  (the tasks the ingest path queues)
+
+    try:
+        with celery_app.producer_or_acquire():
+            pass
+    except Exception as exc:  # the broker may come up later; queueing retries then
+        logger.warning("broker not reachable at start (%s); tasks will be queued once it is", exc)
+
+
 class DicomNode:
     """The running SCP: `start()` its listeners, `stop()` them (see the module docstring)."""
 
@@ -451,6 +464,7 @@ class DicomNode:
         removed = services.cleanup_staging()
         if removed:
             logger.info("removed %d stale staged file(s)", removed)
+        _warm_up_task_queue()
         lines = []
         self._serve(self.port, None)
         lines.append(f"DICOM {settings.BTT_DICOM_AET} on {self.host}:{self.port}")

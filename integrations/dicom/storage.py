@@ -158,7 +158,10 @@ class FileSystemStorage:
     # --- the interface ----------------------------------------------------------------------
 
     def staging_dir(self) -> Path:
-        self._incoming.mkdir(parents=True, exist_ok=True)
+        if self._incoming not in self._made_dirs:  # once per process, not a syscall per instance
+            self._incoming.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._made_dirs.add(self._incoming)
         return self._incoming
 
     def put_file(self, temp_path: Path, name: str) -> str:
