@@ -307,6 +307,18 @@ if BTT_TRUST_NEUTRAL_CONSENSUS > 1:
         f"BTT_TRUST_NEUTRAL_CONSENSUS must be between 0 and 1, got {BTT_TRUST_NEUTRAL_CONSENSUS}"
     )
 
+# Inference tasks (ai_pipeline/tasks.py): the queue they go to (workers must consume it: it is in
+# BTT_WORKER_QUEUES by default), their time limits in seconds, and how often a transient failure is retried.
+BTT_INFERENCE_QUEUE = env_str("BTT_INFERENCE_QUEUE", "inference")
+BTT_INFERENCE_SOFT_TIME_LIMIT = env_int("BTT_INFERENCE_SOFT_TIME_LIMIT", 600, minimum=1, maximum=86400)
+BTT_INFERENCE_TIME_LIMIT = env_int("BTT_INFERENCE_TIME_LIMIT", 660, minimum=1, maximum=86400)
+if BTT_INFERENCE_TIME_LIMIT <= BTT_INFERENCE_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured("BTT_INFERENCE_TIME_LIMIT must be greater than BTT_INFERENCE_SOFT_TIME_LIMIT")
+BTT_INFERENCE_MAX_RETRIES = env_int("BTT_INFERENCE_MAX_RETRIES", 5, minimum=0, maximum=100)
+# With no routing rule at all (a fresh install), run every enabled, available model whose manifest
+# applies to the study (the demo model applies to CT). Once any rule exists, only rules route.
+BTT_AI_ROUTE_WITHOUT_RULES = env_bool("BTT_AI_ROUTE_WITHOUT_RULES", True)
+
 # --- Static files served by whitenoise --------------------------------------------------------
 STATIC_URL = "static/"
 STATIC_ROOT = BTT_DATA_DIR / "static"

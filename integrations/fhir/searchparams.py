@@ -112,6 +112,8 @@ __all__ = [
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
 SEARCH_PARAMETERS_FILE = SPEC_DIR / "search-parameters.json"
+# The server's own SearchParameters beside the standard ones (as HAPI FHIR's custom parameters).
+LOCAL_SEARCH_PARAMETERS_FILE = SPEC_DIR / "search-parameters-btt.json"
 # Lists every R4 resource type (145): a few (Binary, OperationOutcome, ...) have no own
 # SearchParameter, so the bases of the definitions alone would miss them.
 PATIENT_COMPARTMENT_FILE = SPEC_DIR / "compartmentdefinition-patient.json"
@@ -198,9 +200,10 @@ def _make_def(r: Mapping[str, Any], components: tuple[ComponentDef, ...] = ()) -
 
 @cache
 def _registry() -> _Registry:
-    with SEARCH_PARAMETERS_FILE.open(encoding="utf-8") as f:
-        bundle = json.load(f)
-    raw = [e["resource"] for e in bundle.get("entry", ()) if e.get("resource")]
+    raw = []
+    for path in (SEARCH_PARAMETERS_FILE, LOCAL_SEARCH_PARAMETERS_FILE):
+        with path.open(encoding="utf-8") as f:
+            raw.extend(e["resource"] for e in json.load(f).get("entry", ()) if e.get("resource"))
     by_url: dict[str, SearchParamDef] = {}
     for r in raw:
         if r["type"] != "composite":
