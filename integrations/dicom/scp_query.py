@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
@@ -90,9 +91,24 @@ def _identifier(event: Event) -> Dataset:
 # --- C-FIND ---------------------------------------------------------------------------------------
 
 
+_MAX_QUEUED_RESPONSES = 8
+
+
+def _let_the_peer_speak(event) -> None:
+    """Wait while many responses are still queued for sending.
+
+    pynetdicom's connection thread reads nothing from the peer while it has responses to send, so
+    a C-FIND producing matches faster than they go out would only see a C-CANCEL after the last
+    match. Keeping the send queue short lets the cancel in between.
+    """
+    pending = event.assoc.dul.to_provider_queue
+    while pending.qsize() > _MAX_QUEUED_RESPONSES and event.assoc.is_established:
+        time.sleep(0.0005)
+
+
 @_handler("find")
 def handle_find(event: Event) -> Iterator[tuple[Any, Dataset | None]]:
-    """EVT_C_FIND: one Pending (0xFF00) response per match, then Success."""
+    """EVT_C_FIND: one Pending (0xFF00) response per match, then Success (or Cancel)."""
     calling = _calling_ae(event)
     model = query.FIND_SOP_CLASSES.get(str(event.request.AffectedSOPClassUID))
     if model is None:
@@ -104,6 +120,7 @@ def handle_find(event: Event) -> Iterator[tuple[Any, Dataset | None]]:
         matches = query.find(identifier, model, retrieve_aet=settings.BTT_DICOM_AET)
         count = 0
         for response in matches:
+            _let_the_peer_speak(event)
             if event.is_cancelled:
                 logger.info("C-FIND from %s cancelled after %d matches", calling, count)
                 yield 0xFE00, None  # Cancel

@@ -8,6 +8,7 @@ provoke are tested over the network: test_find_findscu.py, test_move_movescu.py,
 
 from __future__ import annotations
 
+import queue
 from types import SimpleNamespace
 
 import pytest
@@ -34,7 +35,12 @@ def event(
             return identifier
 
     return Event(
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="UNITTEST"), accepted_contexts=[]),
+        assoc=SimpleNamespace(
+            requestor=SimpleNamespace(ae_title="UNITTEST"),
+            accepted_contexts=[],
+            dul=SimpleNamespace(to_provider_queue=queue.Queue()),  # nothing waiting to be sent
+            is_established=True,
+        ),
         request=SimpleNamespace(AffectedSOPClassUID=sop_class),
         is_cancelled=cancelled,
         move_destination=destination,
