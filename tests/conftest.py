@@ -36,6 +36,7 @@ from tests.processes import (
     Stack,
     child_env,
     free_port,
+    stack_broker_url,
     start_stack,
     worker_argv,
 )
@@ -112,27 +113,13 @@ def celery_worker_process(
     worker.stop()
 
 
-def _stack_broker_url(url: str | None) -> str | None:
-    """The broker of the stacks the tests start: for Redis, a database of their own.
-
-    A stack runs its own worker on the default queues; sharing the broker with
-    `celery_worker_process` would let either worker take the other's tasks. Other brokers are
-    shared as they are.
-    """
-    if not url or not url.startswith(("redis://", "rediss://")):
-        return url
-    head, _, tail = url.rpartition("/")
-    number = int(tail) if tail.isdigit() else 0
-    return f"{head}/{(number + 1) % 16}"
-
-
 def _start_serve(
     launcher: ProcessLauncher, base_env: Mapping[str, str], overrides: Mapping[str, str | None], name: str
 ) -> Stack:
     env = child_env(
         base_env,
         {
-            "CELERY_BROKER_URL": _stack_broker_url(base_env.get("CELERY_BROKER_URL")),
+            "CELERY_BROKER_URL": stack_broker_url(base_env.get("CELERY_BROKER_URL")),
             "BTT_HTTP_HOST": "127.0.0.1",
             "BTT_HTTP_PORT": str(free_port()),
             # serve's DICOM node (its `dicom` child) gets a free port too, so stacks never collide.

@@ -215,3 +215,17 @@ def start_stack(launcher: ProcessLauncher, name: str, env: Mapping[str, str]) ->
     if "serve: worker (pid" in process.log():  # serve prints it right after starting the worker
         process.wait_for_log(WORKER_READY)
     return Stack(process, base_url, env)
+
+
+def stack_broker_url(url: str | None) -> str | None:
+    """The broker of the stacks the tests start: for Redis, a database of their own.
+
+    A stack runs its own worker on the default queues; sharing the broker with
+    `celery_worker_process` would let either worker take the other's tasks. Other brokers are
+    shared as they are.
+    """
+    if not url or not url.startswith(("redis://", "rediss://")):
+        return url
+    head, _, tail = url.rpartition("/")
+    number = int(tail) if tail.isdigit() else 0
+    return f"{head}/{(number + 1) % 16}"

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from django.conf import settings
 
+from btt_health.celery import app as celery_app
 from btt_health.supervisor import ChildSpec, Supervisor
 from btt_health.tasks import ping
-from tests.processes import Stack, wait_until
+from tests.processes import Stack, stack_broker_url, wait_until
 
 
 def _gone(pid: int) -> bool:
@@ -47,7 +49,8 @@ def test_serve_runs_http_and_a_worker_and_exits_0_on_signal(start_serve, tmp_pat
 
     # The worker serve started (the only one consuming this queue) runs a task.
     marker = tmp_path / "pong"
-    ping.apply_async(args=[str(marker)], queue=queue)
+    with celery_app.connection_for_write(stack_broker_url(settings.CELERY_BROKER_URL)) as connection:
+        ping.apply_async(args=[str(marker)], queue=queue, connection=connection)
     wait_until(marker.exists, 60, "serve's worker to run ping")
 
     stack.process.send_signal(signum)
