@@ -309,7 +309,7 @@ def test_readable_and_searchable_through_the_fhir_api(api_client) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_studies_of_a_new_patient_make_one_patient() -> None:
     if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (concurrent writers)")
+        pytest.fail("needs PostgreSQL (concurrent writers): run the suite as scripts/test.sh does")
     uids = [new_uid() for _ in range(4)]
     for uid in uids:
         store_instances(uid, [SeriesSpec(count=1)], patient_id="RACE-1")

@@ -73,7 +73,7 @@ def failing_instance_insert():
     """A PostgreSQL trigger that makes every INSERT into the instance table fail (committed, so the
     node's own connections hit it), dropped afterwards."""
     if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL triggers")
+        pytest.fail("needs PostgreSQL triggers: run the suite as scripts/test.sh does")
     table = Instance._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
