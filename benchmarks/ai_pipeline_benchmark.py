@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicom_ingest_benchmark import CALLING_AET, NODE_AET, ScratchDatabase, echo, node_env, tool_version
-from fhir_benchmark import free_port, load_average, machine_description, manage, record
+from fhir_benchmark import Stack, free_port, load_average, machine_description, manage, record
 from make_ct_series import Series, SeriesSpec, ensure_series
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -234,35 +234,13 @@ class Latency:
         return self.seconds is not None and self.seconds <= self.target and not self.problems
 
 
-class ServeStack:
-    """`manage.py serve` on the scratch database, stopped with SIGTERM (then SIGKILL to its group)."""
+class ServeStack(Stack):
+    """`manage.py serve` on the scratch database (see fhir_benchmark.Stack), with its ports."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
+        super().__init__(env, log_path)
         self.http_port = int(env["BTT_HTTP_PORT"])
         self.dicom_port = int(env["BTT_DICOM_PORT"])
-
-    def start(self, ready: Callable[[], bool], timeout: float = 180.0) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, str(MANAGE_PY), "serve"],
-            env=self.env,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            if ready():
-                return
-            time.sleep(0.3)
-        raise RuntimeError(f"serve was not ready within {timeout:.0f} s:\n{self.log_tail()}")
 
     def get(self, path: str, token: str) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
@@ -275,27 +253,6 @@ class ServeStack:
             return response.status, response.read()
         finally:
             conn.close()
-
-    def stop(self, timeout: float = 40.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 def query_one(db_url: str, statement: str, params: Sequence[object] = ()) -> tuple | None:

@@ -652,8 +652,8 @@ class Stack:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self, server: Server, timeout: float = 180.0) -> None:
-        """Start serve and wait for /readyz to answer 200."""
+    def start(self, ready: Callable[[], bool], timeout: float = 180.0) -> None:
+        """Start serve and wait until `ready()` (e.g. `readyz_ok(server)`) is true."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, str(MANAGE_PY), "serve"],
@@ -668,11 +668,9 @@ class Stack:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                status, _ = server.get("/readyz", auth=False)
-                if status == 200:
-                    return
-            time.sleep(0.5)
+            if ready():
+                return
+            time.sleep(0.3)
         raise RuntimeError(f"serve was not ready within {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
@@ -684,15 +682,32 @@ class Stack:
 
     def stop(self, timeout: float = 40.0) -> None:
         """SIGTERM (serve stops its children), then SIGKILL to its process group if it hangs."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        # Whatever serve's children left behind in its group goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process = None
+
+
+def readyz_ok(server: Server) -> Callable[[], bool]:
+    """A readiness check for `Stack.start`: /readyz answers 200."""
+
+    def ready() -> bool:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            status, _ = server.get("/readyz", auth=False)
+            return status == 200
+        return False
+
+    return ready
 
 
 def count_resources(db_url: str) -> dict[str, int]:
@@ -1041,7 +1056,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"migrated in {time.perf_counter() - began:.1f} s", flush=True)
         token = manage(env, "create_api_client", "bench", "--role", "admin").stdout.strip().splitlines()[-1]
         server = Server("127.0.0.1", port, token)
-        stack.start(server)
+        stack.start(readyz_ok(server))
         print(
             f"serve is ready on {server.base} ({args.http_workers} workers x {args.http_threads} threads)",
             flush=True,
