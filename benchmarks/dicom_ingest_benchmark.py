@@ -62,10 +62,14 @@ from fhir_benchmark import (
     database_url,
     drop_database,
     free_port,
+    launch,
     load_average,
+    log_tail,
     machine_description,
     manage,
     record,
+    stop_group,
+    wait_ready,
 )
 from make_ct_series import Series, SeriesSpec, ensure_series
 from psycopg2 import sql
@@ -301,47 +305,19 @@ class Receiver:
         self.port = free_port()
         self.prepare()
         argv, env = self.command()
-        log = self.log_path.open("ab")
-        log.write(f"\n--- {' '.join(argv)}\n".encode())
-        log.flush()
-        self.process = subprocess.Popen(
-            argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.ready():
-                return
-            time.sleep(0.3)
-        raise RuntimeError(f"{self.name} did not answer C-ECHO within {timeout:.0f} s:\n{self.log_tail()}")
+        self.process = launch(argv, env, self.log_path)
+        wait_ready(self.process, self.ready, f"{self.name} (C-ECHO)", self.log_path, timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM, then SIGKILL to its process group if it hangs."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        # Children it left behind (storescp --fork) go with its process group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGTERM, then SIGKILL to its process group (children of storescp --fork go too)."""
+        stop_group(self.process, timeout)
         self.process = None
 
     def cleanup(self) -> None:
         """Remove what the measurement stored."""
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def notes(self) -> str:
         return ""

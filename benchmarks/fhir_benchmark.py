@@ -644,6 +644,54 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return completed
 
 
+def launch(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start `argv` in a session (process group) of its own, its output appended to `log_path`."""
+    with log_path.open("ab") as log:
+        log.write(f"\n--- {' '.join(argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_ready(
+    process: subprocess.Popen, ready: Callable[[], bool], what: str, log_path: Path, timeout: float
+) -> None:
+    """Poll `ready()` until it is true; RuntimeError with the log's end if `what` exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_tail(log_path)}")
+        if ready():
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} was not ready within {timeout:.0f} s:\n{log_tail(log_path)}")
+
+
+def stop_group(process: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL to its process group if it hangs; then whatever its children left."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def log_tail(log_path: Path, lines: int = 40) -> str:
+    """The end of a child's log."""
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 class Stack:
     """`python manage.py serve` as a child process, stopped with SIGTERM like an operator would."""
 
@@ -654,47 +702,14 @@ class Stack:
 
     def start(self, ready: Callable[[], bool], timeout: float = 180.0) -> None:
         """Start serve and wait until `ready()` (e.g. `readyz_ok(server)`) is true."""
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, str(MANAGE_PY), "serve"],
-            env=self.env,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            if ready():
-                return
-            time.sleep(0.3)
-        raise RuntimeError(f"serve was not ready within {timeout:.0f}s:\n{self.log_tail()}")
+        self.process = launch([sys.executable, str(MANAGE_PY), "serve"], self.env, self.log_path)
+        wait_ready(self.process, ready, "serve", self.log_path, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
-        """The end of serve's output."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 40.0) -> None:
-        """SIGTERM (serve stops its children), then SIGKILL to its process group if it hangs."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        # Whatever serve's children left behind in its group goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process, timeout)
         self.process = None
 
 

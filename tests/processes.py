@@ -49,6 +49,20 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
         time.sleep(interval)
 
 
+def run_manage(*args: str, env: Mapping[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python manage.py ARGS` with `env` to completion; its result (text output), any exit code."""
+    return subprocess.run(
+        [sys.executable, str(MANAGE_PY), *args],
+        cwd=REPO_ROOT,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def child_env(base: Mapping[str, str], overrides: Mapping[str, str | None]) -> dict[str, str]:
     """`base` with `overrides` applied; an override of None removes the variable."""
     env = dict(base)
@@ -166,16 +180,7 @@ class ProcessLauncher:
 
     def manage(self, *args: str, env: Mapping[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
         """Run `python manage.py ARGS` to completion and return its result (text output)."""
-        return subprocess.run(
-            [sys.executable, str(MANAGE_PY), *args],
-            cwd=REPO_ROOT,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_manage(*args, env=env, timeout=timeout)
 
     def stop_all(self) -> None:
         for process in reversed(self.started):

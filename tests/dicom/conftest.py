@@ -142,3 +142,12 @@ def pydicom_file(name: str) -> Path:
     if path is None:
         pytest.fail(f"pydicom test file {name} is not available")
     return Path(path)
+
+
+@pytest.fixture
+def cat(api_client):
+    """The QIDO-RS test catalogue (three studies, several series and instances), stored by STOW-RS
+    (tests/dicom/test_dicomweb_support.py `store_catalogue`)."""
+    from tests.dicom.test_dicomweb_support import store_catalogue
+
+    return store_catalogue(api_client)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dicom.test_dicomweb_support import (  # noqa: F401
-    DICOM_JSON,
-    dicomweb_storage,
-    store_catalogue,
+from tests.dicom.test_dicomweb_support import (
+    dicomweb_storage,  # noqa: F401  (fixture)
+    qido,
     value,
     values,
 )
@@ -27,19 +26,8 @@ INSTANCE_DEFAULTS = {
 }
 
 
-@pytest.fixture
-def cat(api_client):
-    return store_catalogue(api_client)
-
-
-def search(client, path: str) -> list[dict]:
-    response = client.get(path, headers={"Accept": DICOM_JSON})
-    assert response.status_code == 200, response.content
-    return response.json()
-
-
 def test_instances_of_a_series_in_instance_number_order(api_client, cat):
-    items = search(api_client, f"/dicomweb/studies/{cat.study_a}/series/{cat.series_a1}/instances")
+    items = qido(api_client, f"/dicomweb/studies/{cat.study_a}/series/{cat.series_a1}/instances")
     assert values(items, "00080018") == cat.sops[cat.series_a1]
     first = items[0]
     assert set(first) >= INSTANCE_DEFAULTS
@@ -57,18 +45,18 @@ def test_instances_of_a_series_in_instance_number_order(api_client, cat):
 
 
 def test_instances_of_a_study_carry_series_attributes(api_client, cat):
-    items = search(api_client, f"/dicomweb/studies/{cat.study_a}/instances")
+    items = qido(api_client, f"/dicomweb/studies/{cat.study_a}/instances")
     assert len(items) == 3
     assert sorted(values(items, "00080060")) == ["CT", "CT", "MR"]
     assert "00100010" not in items[0]
-    items = search(api_client, f"/dicomweb/studies/{cat.study_a}/instances?Modality=MR")
+    items = qido(api_client, f"/dicomweb/studies/{cat.study_a}/instances?Modality=MR")
     assert values(items, "00080018") == cat.sops[cat.series_a2]
 
 
 def test_all_instances_carry_study_and_series_attributes(api_client, cat):
     sop_b = cat.sops[cat.series_b1][0]
     sop_c = cat.sops[cat.series_c1][0]
-    items = search(api_client, f"/dicomweb/instances?SOPInstanceUID={sop_b},{sop_c}")
+    items = qido(api_client, f"/dicomweb/instances?SOPInstanceUID={sop_b},{sop_c}")
     assert sorted(values(items, "00080018")) == sorted([sop_b, sop_c])
     by_sop = {value(item, "00080018"): item for item in items}
     assert value(by_sop[sop_c], "00100020") == "P3"
@@ -91,11 +79,11 @@ def test_all_instances_carry_study_and_series_attributes(api_client, cat):
     ],
 )
 def test_matching_all_instances(api_client, cat, query, count):
-    assert len(search(api_client, f"/dicomweb/instances?{query}")) == count
+    assert len(qido(api_client, f"/dicomweb/instances?{query}")) == count
 
 
 def test_includefield_on_instances(api_client, cat):
-    items = search(
+    items = qido(
         api_client,
         f"/dicomweb/studies/{cat.study_b}/series/{cat.series_b1}/instances?includefield=PhotometricInterpretation",
     )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dicom.test_dicomweb_support import (  # noqa: F401
-    DICOM_JSON,
-    dicomweb_storage,
-    store_catalogue,
+from tests.dicom.test_dicomweb_support import (
+    dicomweb_storage,  # noqa: F401  (fixture)
+    qido,
     value,
     values,
 )
@@ -27,19 +26,8 @@ SERIES_DEFAULTS = {
 }
 
 
-@pytest.fixture
-def cat(api_client):
-    return store_catalogue(api_client)
-
-
-def search(client, path: str) -> list[dict]:
-    response = client.get(path, headers={"Accept": DICOM_JSON})
-    assert response.status_code == 200, response.content
-    return response.json()
-
-
 def test_series_of_a_study_in_series_number_order(api_client, cat):
-    items = search(api_client, f"/dicomweb/studies/{cat.study_a}/series")
+    items = qido(api_client, f"/dicomweb/studies/{cat.study_a}/series")
     assert values(items, "0020000E") == [cat.series_a1, cat.series_a2]
     first = items[0]
     assert set(first) >= SERIES_DEFAULTS
@@ -68,12 +56,12 @@ def test_series_of_a_study_in_series_number_order(api_client, cat):
 )
 def test_matching_within_a_study(api_client, cat, query, expected):
     by_name = {"a1": cat.series_a1, "a2": cat.series_a2}
-    items = search(api_client, f"/dicomweb/studies/{cat.study_a}/series?{query}")
+    items = qido(api_client, f"/dicomweb/studies/{cat.study_a}/series?{query}")
     assert values(items, "0020000E") == [by_name[name] for name in expected]
 
 
 def test_all_series_carry_their_study_attributes(api_client, cat):
-    items = search(api_client, "/dicomweb/series?Modality=MR")
+    items = qido(api_client, "/dicomweb/series?Modality=MR")
     assert sorted(values(items, "0020000E")) == sorted([cat.series_a2, cat.series_b1])
     by_series = {value(item, "0020000E"): item for item in items}
     assert value(by_series[cat.series_b1], "00100010") == {"Alphabetic": "Doe^Jane"}
@@ -99,15 +87,15 @@ def test_all_series_carry_their_study_attributes(api_client, cat):
 )
 def test_matching_across_studies(api_client, cat, query, expected):
     by_name = {"a1": cat.series_a1, "a2": cat.series_a2, "b1": cat.series_b1, "c1": cat.series_c1}
-    items = search(api_client, f"/dicomweb/series?{query}")
+    items = qido(api_client, f"/dicomweb/series?{query}")
     assert sorted(values(items, "0020000E")) == sorted(by_name[name] for name in expected)
 
 
 def test_series_uid_list_and_limit(api_client, cat):
-    items = search(api_client, f"/dicomweb/series?SeriesInstanceUID={cat.series_a1},{cat.series_c1}")
+    items = qido(api_client, f"/dicomweb/series?SeriesInstanceUID={cat.series_a1},{cat.series_c1}")
     assert sorted(values(items, "0020000E")) == sorted([cat.series_a1, cat.series_c1])
-    assert len(search(api_client, "/dicomweb/series?limit=3")) == 3
-    assert len(search(api_client, "/dicomweb/series?limit=3&offset=3")) == 1
+    assert len(qido(api_client, "/dicomweb/series?limit=3")) == 3
+    assert len(qido(api_client, "/dicomweb/series?limit=3&offset=3")) == 1
 
 
 def test_unknown_study_is_404(api_client, cat):

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dicom.test_dicomweb_support import (  # noqa: F401
+from tests.dicom.test_dicomweb_support import (
     DICOM_JSON,
-    dicomweb_storage,
-    store_catalogue,
+    dicomweb_storage,  # noqa: F401  (fixture)
     value,
     values,
 )
@@ -33,11 +32,6 @@ STUDY_DEFAULTS = {
     "00201206",
     "00201208",
 }
-
-
-@pytest.fixture
-def cat(api_client):
-    return store_catalogue(api_client)
 
 
 def search(client, query: str = "", **headers):

@@ -338,3 +338,10 @@ def store_catalogue(client: Client) -> Catalogue:
     response = stow(client, parts)
     assert response.status_code == 200, response.content
     return cat
+
+
+def qido(client: Client, path: str) -> list[dict]:
+    """The DICOM JSON answer of a QIDO-RS GET of `path` (asserting 200)."""
+    response = client.get(path, headers={"Accept": DICOM_JSON})
+    assert response.status_code == 200, response.content
+    return response.json()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +23,7 @@ from integrations.dicom.study_complete import (
     recover_stalled_studies,
 )
 from tests.dicom.test_study_complete_support import SeriesSpec, new_uid, store_instances
-from tests.processes import MANAGE_PY, REPO_ROOT
+from tests.processes import run_manage
 
 pytestmark = pytest.mark.django_db
 
@@ -315,15 +313,7 @@ def test_subscribers_from_settings(settings, monkeypatch: pytest.MonkeyPatch) ->
     ],
 )
 def test_bad_settings_stop_the_process(name: str, value: str, message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(MANAGE_PY), "check"],
-        cwd=REPO_ROOT,
-        env={**os.environ, name: value},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_manage("check", env={**os.environ, name: value})
     assert result.returncode != 0
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from btt_health.env import (
     env_path,
     env_str,
 )
-from tests.processes import MANAGE_PY, REPO_ROOT
+from tests.processes import run_manage
 
 
 def test_unset_and_empty_values_give_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,15 +109,7 @@ def test_bad_values_raise_naming_the_variable(
 )
 def test_manage_py_stops_at_start_on_a_bad_value(name: str, value: str, message: str) -> None:
     """The process refuses to start (non-zero exit) and says which variable is wrong and why."""
-    result = subprocess.run(
-        [sys.executable, str(MANAGE_PY), "check"],
-        cwd=REPO_ROOT,
-        env={**os.environ, name: value},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_manage("check", env={**os.environ, name: value})
     assert result.returncode != 0
     # The message is the last thing printed, where an operator looks first.
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
