@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Exists, F, Lookup, OuterRef, Q, QuerySet, Value
-from django.db.models.functions import Upper
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -36,6 +35,7 @@ from pydicom.tag import Tag
 
 from integrations.dicom import services
 from integrations.dicom.models import DicomPatient, Instance, RemoteAE, Series, Study
+from integrations.dicom.sql import DicomWildcard, has_wildcard
 
 # --- Information models and levels -------------------------------------------------------------
 
@@ -273,40 +273,9 @@ def _is_universal(values: list[str], kind: str) -> bool:
     return kind not in {"uid", "int", "number"} and all(set(v) == {"*"} for v in values)
 
 
-def _has_wildcard(value: str) -> bool:
-    return "*" in value or "?" in value
-
-
-def _like_pattern(value: str) -> str:
-    """A DICOM wildcard value as a LIKE pattern with `!` as escape character."""
-    out = []
-    for char in value:
-        if char in "!%_":
-            out.append("!" + char)
-        elif char == "*":
-            out.append("%")
-        elif char == "?":
-            out.append("_")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
 def _wildcard_regex(value: str, ignore_case: bool) -> re.Pattern[str]:
     parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value]
     return re.compile("".join(parts), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
-class _Like(Lookup):
-    """`lhs LIKE rhs ESCAPE '!'`, usable as a filter expression (PostgreSQL and SQLite)."""
-
-    lookup_name = "dicom_like"
-    prepare_rhs = False
-
-    def as_sql(self, compiler, connection):
-        lhs_sql, lhs_params = self.process_lhs(compiler, connection)
-        rhs_sql, rhs_params = self.process_rhs(compiler, connection)
-        return f"{lhs_sql} LIKE {rhs_sql} ESCAPE '!'", [*lhs_params, *rhs_params]
 
 
 def _range_bounds(value: str, kind: str) -> tuple[str, str] | None:
@@ -389,21 +358,18 @@ def _single_column_condition(kind: str, path: str, value: str, keyword: str, tag
         # A single time value matches the times that start with it (1015 matches 101530.5).
         return Q(**{f"{path}__startswith": value.replace(":", "")})
     if kind == "pn":
-        upper = Upper(F(path))
-        if _has_wildcard(value):
-            pattern = _like_pattern(value)
-            # Only the alphabetic group (before any '=') is matched for a value without '='.
-            if "=" not in value:
-                return Q(_Like(upper, Upper(Value(pattern)))) & ~Q(_Like(upper, Upper(Value("%=%")))) | Q(
-                    _Like(upper, Upper(Value(pattern + "=%")))
-                )
-            return Q(_Like(upper, Upper(Value(pattern))))
-        exact = Q(_Like(upper, Upper(Value(_like_pattern(value)))))
-        if "=" not in value:
-            exact |= Q(_Like(upper, Upper(Value(_like_pattern(value) + "=%"))))
-        return exact
-    if _has_wildcard(value):
-        return Q(_Like(F(path), Value(_like_pattern(value))))
+        # Person names match case-insensitively; a value without '=' matches only the alphabetic
+        # group (before any '=' of the ideographic and phonetic groups).
+        def name_matches(pattern: str) -> Q:
+            return Q(DicomWildcard(F(path), pattern, case_insensitive=True))
+
+        if "=" in value:
+            return name_matches(value)
+        if has_wildcard(value):
+            return (name_matches(value) & ~name_matches("*=*")) | name_matches(value + "=*")
+        return name_matches(value) | name_matches(value + "=*")
+    if has_wildcard(value):
+        return Q(DicomWildcard(F(path), value))
     return Q(**{path: value})
 
 
@@ -455,7 +421,7 @@ def _python_match_one(kind: str, query: str, value: str) -> bool:
     if kind == "uid":
         return query == value
     ignore_case = kind == "pn"
-    if _has_wildcard(query):
+    if has_wildcard(query):
         return _wildcard_regex(query, ignore_case).fullmatch(value) is not None
     if ignore_case:
         return query.upper() == value.upper() or (
@@ -528,7 +494,7 @@ def _check_upper_unique_keys(identifier: Dataset, model: str, level: str, requir
                     offending=tag,
                 )
             continue
-        if any(_has_wildcard(v) for v in values):
+        if any(has_wildcard(v) for v in values):
             raise QueryError(
                 STATUS_IDENTIFIER_MISMATCH, f"{keyword}: no wildcards in unique keys", offending=tag
             )
@@ -583,11 +549,7 @@ def _modalities_condition(level: str, values: list[str]) -> Q:
     study_pk = OuterRef(_path(level, STUDY, "pk") if level != STUDY else "pk")
     modality = Q()
     for value in values:
-        modality |= (
-            Q(_Like(F("modality"), Value(_like_pattern(value))))
-            if _has_wildcard(value)
-            else Q(modality=value)
-        )
+        modality |= Q(DicomWildcard(F("modality"), value)) if has_wildcard(value) else Q(modality=value)
     return Q(Exists(Series.objects.filter(modality, study_id=study_pk)))
 
 
@@ -780,7 +742,7 @@ def instances_to_retrieve(identifier: Dataset, model: str) -> QuerySet:
             f"{level} level retrieve needs {own_key}",
             offending=int(Tag(own_key)),
         )
-    if any(_has_wildcard(v) for v in values):
+    if any(has_wildcard(v) for v in values):
         raise QueryError(
             STATUS_IDENTIFIER_MISMATCH,
             f"{own_key}: no wildcards in unique keys",

@@ -29,8 +29,8 @@ from integrations.dicom.dicomweb.attributes import (
     Column,
 )
 from integrations.dicom.dicomweb.errors import bad_request, not_found
-from integrations.dicom.dicomweb.sql import DicomWildcard, JsonText, has_wildcard
 from integrations.dicom.models import Instance, Series, Study
+from integrations.dicom.sql import DicomWildcard, JsonText, has_wildcard
 
 # Query parameters that are not attribute matching keys.
 CONTROL_PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield", "accept", "charset"})

@@ -1,5 +1,6 @@
-"""SQL building blocks for DICOM matching that Django lacks: DICOM wildcard matching (`*`, `?`)
-and text extraction from the DICOM JSON `tags` columns. PostgreSQL and SQLite."""
+"""SQL building blocks for DICOM matching that Django lacks, shared by C-FIND (`query.py`) and
+QIDO-RS (`dicomweb/qido.py`): DICOM wildcard matching (`*`, `?`) and text extraction from the DICOM
+JSON `tags` columns. PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
