@@ -481,13 +481,6 @@ def _conditional_reference(reference: str) -> tuple[str, list[tuple[str, str]]] 
     return match[1], store.parse_search_criteria(match[2])
 
 
-def _find_matches(resource_type: str, params: list[tuple[str, str]]) -> list:
-    """Up to two current resources matching the search (two tell 'one' from 'several')."""
-    from integrations.fhir.search import find_matches
-
-    return list(find_matches(resource_type, params)[:2])
-
-
 def _identifier_token(params: list[tuple[str, str]]) -> tuple[str | None, str] | None:
     """(system, value) when the criteria are exactly one `identifier` token; None otherwise.
 
@@ -543,7 +536,7 @@ class _ConditionalReferences:
             # Resolving reveals whether such a resource exists: that is a read of the type.
             interactions.authorize(self.principal, "GET", [resource_type])
         try:
-            ids = {record.logical_id for record in _find_matches(resource_type, params)}
+            ids = {record.logical_id for record in store.first_two_matches(resource_type, params)}
         except FhirError as error:
             # A search error (unknown parameter, bad value) is about this element's criteria.
             raise FhirError(
@@ -729,17 +722,6 @@ class _Transaction:
     def _dispatch(self, request: InteractionRequest) -> dict:
         return _answer(interactions.dispatch(request), base_url=self.base_url, method=request.method)
 
-    def _conditional_match(self, resource_type: str, criteria: str, what: str):
-        params = store.parse_search_criteria(criteria)
-        # The same advisory lock the store takes, so concurrent conditional writes serialise.
-        store.lock_criteria(resource_type, params)
-        matches = _find_matches(resource_type, params)
-        if len(matches) > 1:
-            raise FhirError.single(
-                412, "multiple-matches", f"{what} '{criteria}' matches more than one {resource_type}"
-            )
-        return matches[0] if matches else None
-
     def _resolve_creates(self) -> None:
         """Give every create its id: a new one, or the match of its ifNoneExist."""
         for entry in self.by_kind[_Kind.CREATE]:
@@ -748,7 +730,7 @@ class _Transaction:
                 with _blame(entry):
                     # Validated even when it matches, as `store.create_resource` does.
                     validate_resource(entry.body, expected_type=resource_type)
-                    match = self._conditional_match(resource_type, entry.request.if_none_exist, "ifNoneExist")
+                    match = store.match_conditional(resource_type, entry.request.if_none_exist, "ifNoneExist")
                 if match is not None:
                     entry.matched = store.StoredResource.of(match)
                     entry.target = (resource_type, match.logical_id)
@@ -778,7 +760,7 @@ class _Transaction:
                         unknown[resource_type].append(entry)
                     continue
                 criteria = urlencode(entry.request.params)
-                match = self._conditional_match(resource_type, criteria, "conditional update")
+                match = store.match_conditional(resource_type, criteria, "conditional update")
                 if match is not None:
                     if body.get("id") not in (None, match.logical_id):
                         raise FhirError.single(

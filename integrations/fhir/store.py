@@ -215,11 +215,27 @@ def lock_criteria(resource_type: str, params: list[tuple[str, str]]) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
 
 
-def _matches(resource_type: str, params: list[tuple[str, str]]) -> list[ResourceRecord]:
-    from integrations.fhir.search import find_matches
+def first_two_matches(resource_type: str, params: list[tuple[str, str]]) -> list[ResourceRecord]:
+    """Up to two current resources matching the search: enough to tell "one" from "several"."""
+    from integrations.fhir.search import find_matches  # search imports the store's models
 
-    # Two are enough to tell "one" from "several".
     return list(find_matches(resource_type, params)[:2])
+
+
+def match_conditional(resource_type: str, criteria: str, interaction: str) -> ResourceRecord | None:
+    """The one resource matching a conditional interaction's `criteria` (None when none matches).
+
+    Takes the criteria's lock first (`lock_criteria`), so concurrent conditional writes with the
+    same criteria queue; several matches raise 412 naming the `interaction`.
+    """
+    params = parse_search_criteria(criteria)
+    lock_criteria(resource_type, params)
+    matches = first_two_matches(resource_type, params)
+    if len(matches) > 1:
+        raise FhirError.single(
+            412, "multiple-matches", f"{interaction} '{criteria}' matches more than one {resource_type}"
+        )
+    return matches[0] if matches else None
 
 
 # --- the interactions -------------------------------------------------------------------------
@@ -250,15 +266,9 @@ def create_resource(
     validate_resource(resource, expected_type=expected_type)
     resource_type = resource["resourceType"]
     if if_none_exist is not None:
-        params = parse_search_criteria(if_none_exist)
-        lock_criteria(resource_type, params)
-        matches = _matches(resource_type, params)
-        if len(matches) > 1:
-            raise FhirError.single(
-                412, "duplicate", f"If-None-Exist '{if_none_exist}' matches more than one {resource_type}"
-            )
-        if matches:
-            return WriteResult(StoredResource.of(matches[0]), created=False, existing=True)
+        match = match_conditional(resource_type, if_none_exist, "If-None-Exist")
+        if match is not None:
+            return WriteResult(StoredResource.of(match), created=False, existing=True)
     check_references([resource])
     return _create(resource, new_logical_id())
 
@@ -412,18 +422,11 @@ def conditional_update(
 ) -> WriteResult:
     """Update the one resource matching `criteria`; create when none; 412 when several match."""
     check_resource_type(resource_type)
-    params = parse_search_criteria(criteria)
-    lock_criteria(resource_type, params)
-    matches = _matches(resource_type, params)
-    if len(matches) > 1:
-        raise FhirError.single(
-            412, "multiple-matches", f"conditional update '{criteria}' matches more than one {resource_type}"
-        )
-    if not matches:
+    target = match_conditional(resource_type, criteria, "conditional update")
+    if target is None:
         validate_resource(resource, expected_type=resource_type)
         check_references([resource])
         return _create(resource, resource.get("id") or new_logical_id())
-    target = matches[0]
     if resource.get("id") not in (None, target.logical_id):
         raise FhirError.single(
             400,
@@ -514,16 +517,10 @@ def conditional_delete(resource_type: str, criteria: str) -> int:
     Several matches raise 412, as the spec allows, rather than deleting more than was meant.
     """
     check_resource_type(resource_type)
-    params = parse_search_criteria(criteria)
-    lock_criteria(resource_type, params)
-    matches = _matches(resource_type, params)
-    if len(matches) > 1:
-        raise FhirError.single(
-            412, "multiple-matches", f"conditional delete '{criteria}' matches more than one {resource_type}"
-        )
-    if not matches:
+    target = match_conditional(resource_type, criteria, "conditional delete")
+    if target is None:
         return 0
-    record = ResourceRecord.objects.select_for_update().get(pk=matches[0].pk)
+    record = ResourceRecord.objects.select_for_update().get(pk=target.pk)
     _delete(record)
     return 1
 
