@@ -28,10 +28,9 @@ from integrations.fhir.search.request import (
     SILENT_PARAMS,
     Include,
     SearchRequest,
-    parse_count,
+    apply_result_param,
     parse_request,
 )
-from integrations.fhir.search.shaping import SUMMARY_MODES
 from integrations.fhir.searchparams import resource_types
 
 __all__ = ["everything_bundle", "find_matches", "page_bundle", "search_bundle"]
@@ -140,8 +139,8 @@ def _everything_request(patient_id: str, params: list[tuple[str, str]]) -> Searc
     since = None
     types: tuple[str, ...] | None = None
     for name, value in params:
-        if name == "_count":
-            request.count = parse_count(value)
+        if name in ("_count", "_summary", "_elements"):
+            apply_result_param(request, name, name, value)
         elif name == "_since":
             since = parse_instant_param("_since", value)
         elif name == "_type":
@@ -150,14 +149,6 @@ def _everything_request(patient_id: str, params: list[tuple[str, str]]) -> Searc
             if unknown:
                 raise FhirError.single(400, "value", f"_type: {', '.join(unknown)} is not a resource type")
             types = names or None
-        elif name == "_summary":
-            if value not in SUMMARY_MODES:
-                raise FhirError.single(
-                    400, "value", f"_summary: '{value}' is not one of {', '.join(SUMMARY_MODES)}"
-                )
-            request.summary = value
-        elif name == "_elements":
-            request.elements = tuple(e.strip() for e in value.split(",") if e.strip()) or None
         elif name not in SILENT_PARAMS:
             request.issues.append(
                 Issue(

@@ -120,7 +120,7 @@ def parse_request(
                 raise FhirError.single(400, "value", f"_type: {', '.join(unknown)} is not a resource type")
             types = tuple(sorted(set(names))) if names else None
         else:
-            _result_param(request, name, code, value)
+            apply_result_param(request, name, code, value)
 
     request.types = types
     builder = ConditionBuilder(base_url)
@@ -150,7 +150,8 @@ _RESULT_PARAMS = frozenset(
 )
 
 
-def _result_param(request: SearchRequest, name: str, code: str, value: str) -> None:
+def apply_result_param(request: SearchRequest, name: str, code: str, value: str) -> None:
+    """Apply one result parameter (`_count`, `_summary`, `_elements`, `_total`, ...) to `request`."""
     modifier = name.split(":", 1)[1] if ":" in name else None
     if code == "_count":
         request.count = parse_count(value)
