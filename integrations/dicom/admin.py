@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin
 
 from integrations.dicom.models import DicomPatient, Instance, RemoteAE, Series, Study
-from integrations.dicom.services import PeerError, validate_ae_title
+from integrations.dicom.services import PeerError, validate_ae_title, validate_port
 
 
 class RemoteAEForm(forms.ModelForm):
@@ -36,26 +36,16 @@ class RemoteAEForm(forms.ModelForm):
             raise forms.ValidationError(str(exc)) from None
 
     def clean_port(self) -> int:
-        port = self.cleaned_data["port"]
-        if not 1 <= port <= 65535:
-            raise forms.ValidationError("port must be between 1 and 65535")
-        return port
+        try:
+            return validate_port(self.cleaned_data["port"])
+        except PeerError as exc:
+            raise forms.ValidationError(str(exc)) from None
 
 
 @admin.register(RemoteAE)
 class RemoteAEAdmin(admin.ModelAdmin):
     form = RemoteAEForm
-    list_display = (
-        "ae_title",
-        "host",
-        "port",
-        "allow_store",
-        "allow_find",
-        "allow_move",
-        "allow_get",
-        "use_tls",
-        "description",
-    )
+    list_display = RemoteAEForm.Meta.fields
     list_filter = ("allow_store", "allow_find", "allow_move", "allow_get", "use_tls")
     search_fields = ("ae_title", "host", "description")
     readonly_fields = ("created_at", "updated_at")

@@ -938,6 +938,13 @@ def validate_ae_title(value: str) -> str:
     return title
 
 
+def validate_port(port: object) -> int:
+    """`port` if it is a TCP port number (1-65535); else PeerError saying so."""
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise PeerError(f"port must be between 1 and 65535, got {port!r}")
+    return port
+
+
 def add_or_update_peer(
     ae_title: str,
     host: str,
@@ -955,8 +962,7 @@ def add_or_update_peer(
     host = (host or "").strip()
     if not host or len(host) > 255 or any(c.isspace() for c in host):
         raise PeerError(f"host must be a host name or IP address, got {host!r}")
-    if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise PeerError(f"port must be between 1 and 65535, got {port!r}")
+    validate_port(port)
     allowed = {op.strip().lower() for op in allow if op.strip()}
     unknown = allowed - set(OPERATIONS)
     if unknown:

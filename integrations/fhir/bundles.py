@@ -446,9 +446,9 @@ def _rewrite_references(node: Any, path: list[str], resolve: _Resolver, links: d
                 if key == "reference":
                     new = resolve(value, "".join(path) + ".reference")
                 elif key == "div" and links and ("href" in value or "src" in value):
-                    new = _NARRATIVE_LINK.sub(lambda m: m[1] + links.get(m[2], m[2]) + m[3], value)
-                    if new == value:
-                        new = value
+                    rewritten = _NARRATIVE_LINK.sub(lambda m: m[1] + links.get(m[2], m[2]) + m[3], value)
+                    if rewritten != value:  # keep the same object when nothing changed
+                        new = rewritten
             elif isinstance(value, dict | list):
                 path.append("." + key)
                 new = _rewrite_references(value, path, resolve, links)
