@@ -62,7 +62,7 @@ from integrations.dicom.dataset_check import (
     tag_str,
 )
 from integrations.dicom.models import DicomPatient, Instance, RemoteAE, Series, Study
-from integrations.dicom.storage import PendingPut, StorageError, get_instance_storage
+from integrations.dicom.storage import InstanceStorage, PendingPut, StorageError, get_instance_storage
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,9 @@ def store_instance(
             source, movable = staged, True
         else:
             source, movable = Path(path), consume
-        return _store_file(source, movable, calling_ae, expected_sop_class_uid, expected_sop_instance_uid)
+        return _store_file(
+            storage, source, movable, calling_ae, expected_sop_class_uid, expected_sop_instance_uid
+        )
     finally:
         if staged is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -363,6 +365,7 @@ def _validate(
 
 
 def _store_file(
+    storage: InstanceStorage,
     source: Path,
     movable: bool,
     calling_ae: str,
@@ -385,7 +388,6 @@ def _store_file(
             )
             return StoreResult("duplicate", existing)
 
-    storage = get_instance_storage()
     try:
         # The file goes into place now and its fsync runs in the background; `_index` waits
         # for it before writing anything.
