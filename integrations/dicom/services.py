@@ -13,10 +13,12 @@ Storing (`store_instance`) - the ingest path:
 2. it is validated (UIDs present, SOP class and instance matching the request / File Meta);
 3. the file is moved into the instance storage (`storage.py`) under a key derived from its SOP
    Instance UID, and made durable (fsync of the file and its folder) in the background;
-4. one database transaction (durable: never nested in a caller's) waits for that fsync, then
-   indexes Patient (matched by Patient ID + Issuer of Patient ID), Study, Series and Instance,
-   updates the counters, and calls `study_complete.instance_stored(instance)`, which schedules
-   study-complete detection and the FHIR ImagingStudy upkeep on commit;
+4. one database transaction (durable: never nested in a caller's) indexes Patient (matched by
+   Patient ID + Issuer of Patient ID), Study, Series and Instance, updates the counters, and does
+   study-complete detection's per-instance update (`study_complete`), which schedules the
+   completion check and the FHIR ImagingStudy upkeep on commit - for an instance of a series
+   already indexed, all of it one SQL statement on PostgreSQL; it then waits for the fsync and
+   commits, so the index never names a file that is not durable;
 5. only then does it return: the caller (the C-STORE handler) answers success.
 
 A failure at any step answers a failure, never success: `StoreRejected` carries the DIMSE status
@@ -513,7 +515,7 @@ def _index(
     A copy of the same SOP Instance UID indexed in the meantime is found (keep: a duplicate) or,
     in the ORM path, makes the INSERT fail and the caller retries with `look_for_existing`.
     `wait_durable` waits for the file's fsync (raising StorageError, which rolls back, when that
-    failed) before the first write."""
+    failed); it is called last, before the commit."""
     ds = header.dataset
     fields = {
         "sop_class_uid": header.sop_class_uid,
@@ -528,10 +530,6 @@ def _index(
     new_study = new_series = False
     with transaction.atomic(durable=True):
         transaction.on_commit(outcome.mark_committed)  # first hook: runs before any other
-        # The file is durable before the index says it is there. Waited for before the first
-        # write, so the study row (locked by the first write) is held for as short as can be;
-        # the file was written out while it arrived, so there is little to wait for.
-        wait_durable()
         fast = None
         if not look_for_existing and transaction.get_connection().vendor == "postgresql":
             fast = _insert_into_known_series(header, fields)
@@ -540,7 +538,8 @@ def _index(
             outcome.result = StoreResult("duplicate", existing)
             return  # (the caller discards the copy placed for nothing)
         if fast is not None:
-            instance, result = fast, "stored"
+            instance, _ = fast  # (its statement did study-complete detection's update too)
+            result = "stored"
         else:
             instance, result, new_study, new_series = _index_with_orm(
                 header, fields, policy, look_for_existing
@@ -548,9 +547,12 @@ def _index(
             if result == "duplicate":
                 outcome.result = StoreResult("duplicate", instance)
                 return
-        # Study-complete detection and the FHIR ImagingStudy upkeep (integrations/dicom/study_complete.py):
-        # marks the study for its quiet period and queues the checks on commit.
-        study_complete.instance_stored(instance)
+            # Study-complete detection and the FHIR ImagingStudy upkeep (study_complete.py):
+            # marks the study for its quiet period and queues the checks on commit.
+            study_complete.instance_stored(instance)
+        # The file is durable before the index says it is there: its fsync (started when it was
+        # placed) runs while the index is written, and the commit waits for it.
+        wait_durable()
         outcome.result = StoreResult(result, instance)
     logger.debug(
         "C-STORE %s (%s) from %s: %s as %s%s%s",
@@ -564,53 +566,56 @@ def _index(
     )
 
 
-def _insert_into_known_series(header: _Header, fields: dict) -> Instance | str | None:
-    """PostgreSQL, one statement: insert the instance into its series (if that is indexed) and
-    count it in the series and the study. Returns the Instance (its series and study attached,
-    loaded with their keys and UIDs, the rest deferred), "duplicate" when the SOP Instance UID is
-    indexed already, or None when the series is not indexed yet."""
+def _insert_into_known_series(header: _Header, fields: dict) -> tuple[Instance, bool] | str | None:
+    """PostgreSQL, one statement: insert the instance into its series (if that is indexed), count
+    it in the series and the study, and do study-complete detection's per-instance Study update
+    (`study_complete.touch_study_set_sql`). Returns the Instance (its series and study attached,
+    loaded with their keys and UIDs, the rest deferred) and whether that update started a
+    completion cycle; "duplicate" when the SOP Instance UID is indexed already (nothing is
+    changed then); None when the series is not indexed yet."""
     instance_table = connection.ops.quote_name(Instance._meta.db_table)
     series_table = connection.ops.quote_name(Series._meta.db_table)
     study_table = connection.ops.quote_name(Study._meta.db_table)
     sql = f"""
         WITH s AS (
-            SELECT se.id AS series_id, se.study_id, st.study_instance_uid, st.patient_id
+            SELECT se.id AS series_id, se.study_id, st.study_instance_uid, st.patient_id,
+                st.completion_count, {study_complete.cycle_starts_sql("st")} AS starts
             FROM {series_table} se JOIN {study_table} st ON st.id = se.study_id
-            WHERE se.series_instance_uid = %s
+            WHERE se.series_instance_uid = %(series_uid)s
             FOR NO KEY UPDATE OF st
         ), ins AS (
             INSERT INTO {instance_table} (sop_instance_uid, series_id, sop_class_uid, instance_number,
                 transfer_syntax_uid, storage_key, file_size, received_at, calling_ae, tags)
-            SELECT %s, s.series_id, %s, %s, %s, %s, %s, %s::timestamptz, %s, %s::jsonb FROM s
+            SELECT %(uid)s, s.series_id, %(sop_class_uid)s, %(instance_number)s, %(transfer_syntax_uid)s,
+                %(storage_key)s, %(file_size)s, %(received_at)s::timestamptz, %(calling_ae)s, %(tags)s::jsonb
+            FROM s
             ON CONFLICT (sop_instance_uid) DO NOTHING
             RETURNING id
         ), counted_study AS (
-            UPDATE {study_table} SET number_of_instances = number_of_instances + 1
+            UPDATE {study_table} SET number_of_instances = number_of_instances + 1,
+                {study_complete.touch_study_set_sql("(SELECT starts FROM s)")}
             WHERE id = (SELECT study_id FROM s) AND EXISTS (SELECT 1 FROM ins)
         ), counted_series AS (
             UPDATE {series_table} SET number_of_instances = number_of_instances + 1
             WHERE id = (SELECT series_id FROM s) AND EXISTS (SELECT 1 FROM ins)
         )
-        SELECT s.series_id, s.study_id, s.study_instance_uid, s.patient_id, (SELECT id FROM ins) FROM s
+        SELECT s.series_id, s.study_id, s.study_instance_uid, s.patient_id, (SELECT id FROM ins),
+            s.completion_count, s.starts
+        FROM s
     """
-    params = [
-        header.series_instance_uid,
-        header.sop_instance_uid,
-        fields["sop_class_uid"],
-        fields["instance_number"],
-        fields["transfer_syntax_uid"],
-        fields["storage_key"],
-        fields["file_size"],
-        fields["received_at"],
-        fields["calling_ae"],
-        json.dumps(fields["tags"]),
-    ]
+    params = {
+        **study_complete.touch_params(fields["calling_ae"]),
+        "series_uid": header.series_instance_uid,
+        "uid": header.sop_instance_uid,
+        **fields,
+        "tags": json.dumps(fields["tags"]),
+    }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    series_id, study_id, study_uid, patient_id, instance_id = row
+    series_id, study_id, study_uid, patient_id, instance_id, completion_count, started_cycle = row
     if instance_id is None:
         return "duplicate"
     if study_uid != header.study_instance_uid:
@@ -629,7 +634,8 @@ def _insert_into_known_series(header: _Header, fields: dict) -> Instance | str |
         "default", names, [instance_id, header.sop_instance_uid, series_id, *fields.values()]
     )
     instance.series = series
-    return instance
+    study_complete.instance_touched(study_uid, completion_count, started_cycle)
+    return instance, started_cycle
 
 
 def _index_with_orm(

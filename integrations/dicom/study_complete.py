@@ -107,33 +107,54 @@ def _start_cycle(uid: str, cycle: int) -> None:
 
 
 # The ORM path above takes two statements per instance (an UPDATE that starts a cycle, else one
-# that only moves last_received_at); on the per-instance hot path PostgreSQL does both in one,
-# reading the row's previous state in a locking CTE.
+# that only moves last_received_at); on PostgreSQL the per-instance update is one statement that
+# reads the row's previous state under its lock. The store path's own statement
+# (`services._insert_into_known_series`) does the same update with the same fragments, saving a
+# round trip per instance. Parameters: %(ae)s the calling AE, %(stall)s `quiet_period() + STALL_GRACE`.
+def cycle_starts_sql(row: str) -> str:
+    """SQL: whether an instance stored now starts a new cycle, given the Study row `row` as it
+    was before the update (not awaiting completion, or its check looks lost)."""
+    return f"(NOT {row}.awaiting_completion OR {row}.last_received_at < now() - %(stall)s)"
+
+
+def touch_study_set_sql(starts: str) -> str:
+    """SQL: the SET list of the per-instance Study update; `starts` is `cycle_starts_sql` of the
+    previous row state (the SET expressions read that state too)."""
+    return f"""last_received_at = GREATEST(COALESCE(last_received_at, now()), now()),
+        calling_ae = CASE WHEN %(ae)s <> '' THEN %(ae)s ELSE calling_ae END,
+        first_received_at = CASE WHEN {starts} THEN COALESCE(first_received_at, now())
+                                 ELSE first_received_at END,
+        awaiting_completion = awaiting_completion OR {starts}"""
+
+
+def touch_params(calling_ae: str) -> dict:
+    """The parameters of `cycle_starts_sql` and `touch_study_set_sql`."""
+    return {"ae": calling_ae or "", "stall": quiet_period() + STALL_GRACE}
+
+
 _TOUCH_STUDY_SQL = f"""
 WITH before AS (
-    SELECT id, awaiting_completion, last_received_at FROM {Study._meta.db_table} WHERE id = %(id)s FOR UPDATE
+    SELECT id, {cycle_starts_sql("s")} AS starts FROM {Study._meta.db_table} s WHERE id = %(id)s FOR UPDATE
 )
-UPDATE {Study._meta.db_table} AS study SET
-    last_received_at = GREATEST(COALESCE(study.last_received_at, now()), now()),
-    calling_ae = CASE WHEN %(ae)s <> '' THEN %(ae)s ELSE study.calling_ae END,
-    first_received_at = CASE WHEN starts THEN COALESCE(study.first_received_at, now())
-                             ELSE study.first_received_at END,
-    awaiting_completion = study.awaiting_completion OR starts
-FROM (
-    SELECT id, (NOT awaiting_completion OR last_received_at < now() - %(stall)s) AS starts FROM before
-) AS cycle
-WHERE study.id = cycle.id
-RETURNING cycle.starts, study.study_instance_uid, study.completion_count
+UPDATE {Study._meta.db_table} SET {touch_study_set_sql("before.starts")}
+FROM before WHERE {Study._meta.db_table}.id = before.id
+RETURNING before.starts, study_instance_uid, completion_count
 """
 
 
 def _touch_study_postgresql(study_id: int, calling_ae: str) -> tuple[str, int] | None:
     """`instance_stored` in one statement; (uid, completion_count) when a new cycle started."""
-    stall = quiet_period() + STALL_GRACE
     with connection.cursor() as cursor:
-        cursor.execute(_TOUCH_STUDY_SQL, {"id": study_id, "ae": calling_ae or "", "stall": stall})
+        cursor.execute(_TOUCH_STUDY_SQL, {"id": study_id, **touch_params(calling_ae)})
         starts, uid, cycle = cursor.fetchone()
     return (uid, cycle) if starts else None
+
+
+def instance_touched(study_instance_uid: str, completion_count: int, started_cycle: bool) -> None:
+    """What `instance_stored` does after its update, for a store path that did the update itself
+    (with `touch_study_set_sql`): queue the cycle's checks on commit when it started one."""
+    if started_cycle:
+        _start_cycle(study_instance_uid, completion_count)
 
 
 def _study_pk(instance: Instance) -> int:
