@@ -44,9 +44,27 @@ any number of associations. More instances later start a new cycle that ends wit
                            not be written; the completion is announced anyway)
     fhir_service_request_ids  logical ids of the ServiceRequests the ImagingStudy is basedOn
 
-Events still to come (named here so the names stay reserved): `report_finalised` (the clinician
-viewer, when a DiagnosticReport is signed off), `consent_changed` (ledger bridge). They are added to
-`EVENTS` with their payloads when their producers are written.
+`report_finalised` (`REPORT_FINALISED`), emitted by the FHIR store (`integrations/fhir/report_events.py`)
+inside the transaction that writes a version of a DiagnosticReport whose status is `final`,
+`amended`, `corrected` or `appended` while the previous version's status was another one (or there
+was none), and on every version whose status is `amended`, `corrected` or `appended` (each
+correction counts). Whatever writes it (the FHIR REST API, a transaction Bundle, the clinician
+viewer, a service function) emits it, so a handler that raises fails that write. Subscribers: the
+HL7 v2 interface (`integrations/hl7v2/subscribers.py`: one ORU^R01 per configured destination).
+
+    event_id               "report_finalised:<diagnostic_report_id>:<version_id>"
+    diagnostic_report_id   logical id of the DiagnosticReport
+    version_id             its meta.versionId that carries the status (a string, as in FHIR)
+    status                 final, amended, corrected or appended
+    fhir_patient_id        logical id of the Patient the report's subject refers to ("" if none)
+    imaging_study_ids      logical ids of the ImagingStudies in DiagnosticReport.imagingStudy
+    service_request_ids    logical ids of the ServiceRequests in DiagnosticReport.basedOn
+    accession_number       the accession number (identifier typed ACSN) of the first of those
+                           ServiceRequests, else ImagingStudies, that has one ("" if none)
+    finalised_at           ISO 8601 UTC time of that version (its meta.lastUpdated)
+
+Events still to come (named here so the name stays reserved): `consent_changed` (ledger bridge).
+It is added to `EVENTS` with its payload when its producer is written.
 """
 
 from __future__ import annotations
@@ -102,7 +120,24 @@ STUDY_RECEIVED = Event(
     ),
 )
 
-EVENTS: dict[str, Event] = {event.name: event for event in (STUDY_RECEIVED,)}
+REPORT_FINALISED = Event(
+    "report_finalised",
+    frozenset(
+        {
+            "event_id",
+            "diagnostic_report_id",
+            "version_id",
+            "status",
+            "fhir_patient_id",
+            "imaging_study_ids",
+            "service_request_ids",
+            "accession_number",
+            "finalised_at",
+        }
+    ),
+)
+
+EVENTS: dict[str, Event] = {event.name: event for event in (STUDY_RECEIVED, REPORT_FINALISED)}
 
 
 class EventDeliveryError(Exception):

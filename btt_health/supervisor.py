@@ -1,7 +1,7 @@
 """A small foreground supervisor for the processes that make up the stack.
 
 `python manage.py serve` describes each part of the stack as a `ChildSpec` (the HTTP server, the
-Celery worker, the DICOM SCP, and later the MLLP listener) and hands the list to `Supervisor`:
+Celery worker, the DICOM SCP, the MLLP listener) and hands the list to `Supervisor`:
 
 - each child starts in its own process group, so a Ctrl-C on the terminal reaches only the
   supervisor, which then stops the children itself;
@@ -139,13 +139,26 @@ def dicom_child() -> ChildSpec:
     return ChildSpec(name="dicom", argv=[sys.executable, str(manage_py), "dicom_scp"], listens_on=listens_on)
 
 
+def mllp_child() -> ChildSpec:
+    """The HL7 v2 MLLP listener (`manage.py mllp_listener`), and MLLP over TLS when configured."""
+    listens_on = f"HL7 v2 MLLP on {_http_bind(settings.BTT_MLLP_HOST, settings.BTT_MLLP_PORT)}"
+    if settings.BTT_MLLP_TLS_CERT and settings.BTT_MLLP_TLS_KEY:
+        listens_on += f", MLLP over TLS on {_http_bind(settings.BTT_MLLP_HOST, settings.BTT_MLLP_TLS_PORT)}"
+    manage_py = Path(settings.BASE_DIR) / "manage.py"
+    return ChildSpec(
+        name="mllp", argv=[sys.executable, str(manage_py), "mllp_listener"], listens_on=listens_on
+    )
+
+
 def stack_children() -> list[ChildSpec]:
-    """The children `serve` runs, as settings ask. New listeners (MLLP) are added here."""
+    """The children `serve` runs, as settings ask."""
     children = [http_child()]
     if settings.BTT_RUN_WORKER:
         children.append(worker_child())
     if settings.BTT_RUN_DICOM:
         children.append(dicom_child())
+    if settings.BTT_RUN_MLLP:
+        children.append(mllp_child())
     return children
 
 

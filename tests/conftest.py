@@ -125,6 +125,10 @@ def _start_serve(
             # serve's DICOM node (its `dicom` child) gets a free port too, so stacks never collide.
             "BTT_DICOM_HOST": "127.0.0.1",
             "BTT_DICOM_PORT": str(free_port()),
+            # and so does its MLLP listener (its `mllp` child).
+            "BTT_MLLP_HOST": "127.0.0.1",
+            "BTT_MLLP_PORT": str(free_port()),
+            "BTT_MLLP_TLS_PORT": str(free_port()),
             "BTT_HTTP_WORKERS": "1",
             "BTT_WORKER_CONCURRENCY": "1",
             **overrides,

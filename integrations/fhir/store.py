@@ -12,7 +12,9 @@ Contract shared by all writes:
 - relative references (`Patient/123`) must name an existing, non-deleted resource (like HAPI's
   referential integrity on write); `urn:uuid:` and contained references are left to the caller;
 - search index rows are replaced in the same transaction, so a search never sees a half-written
-  resource.
+  resource;
+- the post-write hooks of the type (`hooks.py`) run after each create or update, in the same
+  transaction (deletions run none).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from integrations.fhir import indexing
+from integrations.fhir import hooks, indexing
 from integrations.fhir.models import ResourceRecord, ResourceVersion
 from integrations.fhir.outcomes import FhirError, Issue, gone, not_found
 from integrations.fhir.validation import ID_PATTERN, check_resource_type, validate_resource
@@ -286,6 +288,7 @@ def _create(resource: dict, logical_id: str) -> WriteResult:
     )
     _insert_version(record, Method.CREATE, text, moment)
     indexing.index_resource(record, stamped)
+    _announce(record, stamped, "")
     return WriteResult(StoredResource.of(record), created=True)
 
 
@@ -358,6 +361,7 @@ def _check_if_match(record: ResourceRecord, if_match: int | None) -> None:
 
 def _write_new_version(record: ResourceRecord, resource: dict, method: str) -> StoredResource:
     moment = _now()
+    previous_text = "" if record.deleted else record.text
     record.version_id += 1
     record.last_updated = moment
     record.deleted = False
@@ -366,6 +370,7 @@ def _write_new_version(record: ResourceRecord, resource: dict, method: str) -> S
     record.save(update_fields=["version_id", "last_updated", "deleted", "text"])
     _insert_version(record, method, record.text, moment)
     indexing.index_resource(record, stamped)
+    _announce(record, stamped, previous_text)
     return StoredResource.of(record)
 
 
@@ -572,7 +577,24 @@ def create_resources_bulk(resources: list[dict]) -> list[StoredResource]:
         batch_size=1000,
     )
     indexing.index_resources(list(zip(records, stamped_all, strict=True)))
+    for record, stamped in zip(records, stamped_all, strict=True):
+        _announce(record, stamped, "")
     return [StoredResource.of(record) for record in records]
+
+
+def _announce(record: ResourceRecord, stamped: dict, previous_text: str) -> None:
+    """Run the post-write hooks of the record's type (`hooks.py`), in the write's transaction."""
+    if hooks.has_hooks(record.resource_type):
+        hooks.run_write_hooks(
+            hooks.WrittenVersion(
+                resource_type=record.resource_type,
+                logical_id=record.logical_id,
+                version_id=record.version_id,
+                last_updated=record.last_updated,
+                resource=stamped,
+                previous_text=previous_text,
+            )
+        )
 
 
 def existing_ids(resource_type: str, logical_ids: Iterable[str]) -> set[str]:

@@ -56,6 +56,7 @@ def readme_env(data_dir: Path, port: int) -> dict[str, str]:
     env.update({"BTT_DATA_DIR": str(data_dir), "BTT_HTTP_PORT": str(port), "PYTHONUNBUFFERED": "1"})
     # The DICOM node `serve` runs listens on a free port too (11112 may be taken on a shared machine).
     env["BTT_DICOM_PORT"] = str(free_port())
+    env["BTT_MLLP_PORT"] = str(free_port())  # and so does its MLLP listener (2575)
     return env
 
 

@@ -1,0 +1,763 @@
+"""The HL7 v2 interface's business operations; the MLLP listener, the admin, the commands and the
+Celery tasks call these and nothing else.
+
+Inbound (one call per message received):
+
+- `receive_message(raw, peer=..., over_tls=...) -> Received`: store the raw message, then apply it
+  and mark it processed in one transaction, and return the ACK to send. The ACK is AA only once
+  that transaction committed; a message that cannot be applied is kept as `failed` (AE, the error
+  queue) or `rejected` (AR), its ACK naming what was wrong. A repeated control ID (MSH-10) from the
+  same sender (MSH-3, MSH-4) whose first copy was processed gets that copy's ACK again, byte for
+  byte, and is not applied again (also when both copies arrive at once: a unique index on processed
+  rows lets only one commit).
+- `reprocess_message(message_id) -> InboundMessage`: apply a failed or rejected message again (the
+  admin's "reprocess" action); its stored ACK becomes the new outcome's.
+- `reject_oversized(prefix, size, peer=...) -> bytes`: the AR for a message over the size limit.
+
+What a message does (each in the caller's transaction; `apply_message` dispatches):
+
+- ADT^A01/A04/A08/A28/A31 `upsert_patient`: the Patient with any of PID-3's identifiers is updated
+  (a merged-away Patient stands for its survivor), else created;
+- ADT^A40 `merge_patients`: the MRG-1 Patient becomes inactive with a `replaced-by` link to the
+  PID-3 Patient, which gets a `replaces` link;
+- ORM^O01, OMI^O23 `upsert_order` per ORC: the ServiceRequest with the placer (else filler) order
+  number is updated, else created, with the accession number as an ACSN identifier; ImagingStudies
+  already carrying that accession number get it in `basedOn` (`link_imaging_studies`); studies that
+  arrive later find it themselves (integrations/dicom/imaging_study.find_service_requests).
+
+Outbound:
+
+- `queue_report(payload)`: the `report_finalised` subscriber: one ORU^R01 per enabled destination
+  (`OutboundMessage`, unique per event and destination), delivery queued on commit.
+- `deliver_outbound(message_id) -> Delivery`: one delivery attempt; the row records the outcome.
+- `due_outbound(grace_seconds)`: ids of pending messages whose next attempt is overdue (the sweep).
+- `add_or_update_destination(...)`: a destination, as the admin and `add_hl7_destination` make it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from integrations.fhir import store
+from integrations.fhir.outcomes import FhirError
+from integrations.fhir.search import find_matches
+from integrations.hl7v2 import er7, mapping, mllp, oru, reference, tls
+from integrations.hl7v2.ack import Hl7Error, build_ack, new_control_id
+from integrations.hl7v2.models import Hl7Destination, InboundMessage, OutboundMessage
+
+logger = logging.getLogger(__name__)
+
+State = InboundMessage.State
+
+PATIENT_EVENTS = frozenset({"A01", "A04", "A08", "A28", "A31"})
+SUPPORTED = {"ADT": PATIENT_EVENTS | {"A40"}, "ORM": frozenset({"O01"}), "OMI": frozenset({"O23"})}
+MAX_LINK_HOPS = 8
+
+
+@dataclass(frozen=True)
+class Received:
+    """The outcome of one received message: the ACK to send (encoded) and the row, if stored."""
+
+    ack: bytes
+    ack_code: str
+    message_id: int | None
+    state: str
+
+
+# --- Inbound -------------------------------------------------------------------------------------
+
+
+def receive_message(raw: bytes, *, peer: str = "", over_tls: bool = False) -> Received:
+    """Store, apply and acknowledge one message (see the module docstring). Never raises: every
+    failure becomes an AE or AR; when even storing fails the answer is AE and nothing is kept."""
+    default_codec = settings.BTT_HL7_DEFAULT_ENCODING
+    try:
+        header = er7.read_header(raw, default_codec)
+    except er7.Er7Error as exc:
+        error = Hl7Error(str(exc), code=exc.code, ack_code="AR", segment="MSH", field=exc.field)
+        ack = build_ack(None, "AR", error=error)
+        message_id = _store_unreadable(raw, peer, over_tls, error, ack.text)
+        logger.warning("HL7 message from %s rejected: %s", peer or "?", error.describe())
+        return Received(ack.encode(default_codec), "AR", message_id, State.REJECTED)
+    try:
+        row = _store_raw(raw, header, peer, over_tls)
+    except DatabaseError as exc:
+        logger.exception("HL7 message from %s could not be stored", peer or "?")
+        error = Hl7Error(f"the message could not be stored (database error: {_one_line(exc)}); send it again")
+        return Received(build_ack(header, "AE", error=error).encode(header.codec), "AE", None, State.FAILED)
+    return _process(row, raw, header, reprocessing=False)
+
+
+def reprocess_message(message_id: int) -> InboundMessage:
+    """Apply a stored failed or rejected message again; returns the row with its new state.
+
+    A message already processed (or a duplicate) is returned untouched. The sender is not told
+    (it had its ACK); the row's ACK becomes what a repeat of the message would now be answered.
+    """
+    row = InboundMessage.objects.get(pk=message_id)
+    if row.state not in (State.FAILED, State.REJECTED, State.RECEIVED):
+        return row
+    raw = bytes(row.raw)
+    try:
+        header = er7.read_header(raw, settings.BTT_HL7_DEFAULT_ENCODING)
+    except er7.Er7Error as exc:
+        error = Hl7Error(str(exc), code=exc.code, ack_code="AR", segment="MSH", field=exc.field)
+        _mark(row.pk, State.REJECTED, error, build_ack(None, "AR", error=error).text)
+        return InboundMessage.objects.get(pk=message_id)
+    _process(row, raw, header, reprocessing=True)
+    return InboundMessage.objects.get(pk=message_id)
+
+
+def reject_oversized(prefix: bytes, size: int, *, peer: str = "") -> bytes:
+    """The AR for a message of at least `size` bytes, over `BTT_MLLP_MAX_MESSAGE_BYTES`; `prefix`
+    is its beginning (for the MSH). Not stored: the message was not kept whole."""
+    limit = settings.BTT_MLLP_MAX_MESSAGE_BYTES
+    try:
+        header = er7.read_header(prefix, settings.BTT_HL7_DEFAULT_ENCODING)
+    except er7.Er7Error:
+        header = None
+    error = Hl7Error(
+        f"the message ({size} bytes or more) is larger than this server accepts "
+        f"(BTT_MLLP_MAX_MESSAGE_BYTES = {limit} bytes); nothing was stored",
+        ack_code="AR",
+        code="207",
+    )
+    logger.warning("HL7 message from %s rejected: %s", peer or "?", error.text)
+    codec = header.codec if header else settings.BTT_HL7_DEFAULT_ENCODING
+    return build_ack(header, "AR", error=error).encode(codec)
+
+
+def _store_raw(raw: bytes, header: er7.Header, peer: str, over_tls: bool) -> InboundMessage:
+    """Insert the raw message (state received) and commit it.
+
+    The commit does not wait for the disk (`synchronous_commit off` for this transaction only):
+    it becomes durable with the next synchronous commit, at the latest the one that marks the
+    message processed or failed, which comes before any ACK. A crash before then loses only a
+    message that was never acknowledged, which the sender sends again.
+    """
+    enc = header.encoding
+    message_type = header.raw(9).split(enc.repetition)[0].split(enc.component)
+    with transaction.atomic(durable=True):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        return InboundMessage.objects.create(
+            peer=peer[:100],
+            over_tls=over_tls,
+            raw=raw,
+            charset=header.codec,
+            sending_application=header.raw(3)[:180],
+            sending_facility=header.raw(4)[:180],
+            control_id=header.raw(10).strip()[:199],
+            message_type=enc.component.join(p.strip() for p in message_type[:2])[:40],
+            version=header.raw(12).split(enc.component)[0].strip()[:20],
+        )
+
+
+def _store_unreadable(raw: bytes, peer: str, over_tls: bool, error: Hl7Error, ack: str) -> int | None:
+    try:
+        return InboundMessage.objects.create(
+            peer=peer[:100],
+            over_tls=over_tls,
+            raw=raw,
+            state=State.REJECTED,
+            error=error.describe(),
+            ack_code="AR",
+            ack=ack,
+            attempts=1,
+        ).pk
+    except DatabaseError:
+        logger.exception("could not store a rejected HL7 message from %s", peer or "?")
+        return None
+
+
+def _process(row: InboundMessage, raw: bytes, header: er7.Header, *, reprocessing: bool) -> Received:
+    codec = header.codec
+    try:
+        message = _parse(raw, header)
+        code, trigger, version = _check_header(message)
+        if not reprocessing:
+            twin = _processed_twin(row)
+            if twin is not None:
+                return _answer_duplicate(row, twin)
+        with transaction.atomic(durable=True):
+            resources = apply_message(message, code, trigger, version)
+            ack = build_ack(header, "AA")
+            InboundMessage.objects.filter(pk=row.pk).update(
+                state=State.PROCESSED,
+                error="",
+                ack_code="AA",
+                ack=ack.text,
+                processed_at=timezone.now(),
+                resources=resources,
+                attempts=F("attempts") + 1,
+            )
+        return Received(ack.encode(codec), "AA", row.pk, State.PROCESSED)
+    except Hl7Error as error:
+        ack = build_ack(header, error.ack_code, error=error)
+        state = State.REJECTED if error.ack_code == "AR" else State.FAILED
+        _mark(row.pk, state, error, ack.text)
+        logger.warning("HL7 message %s (row %s) %s: %s", row.control_id, row.pk, state, error.describe())
+        return Received(ack.encode(codec), error.ack_code, row.pk, state)
+    except IntegrityError as exc:
+        twin = _processed_twin(row)
+        if twin is not None and not reprocessing:
+            return _answer_duplicate(row, twin)
+        return _failed(row, header, f"database error, nothing applied: {_one_line(exc)}")
+    except DatabaseError as exc:
+        logger.exception("HL7 message %s (row %s): database error", row.control_id, row.pk)
+        return _failed(row, header, f"database error, nothing applied: {_one_line(exc)}")
+    except FhirError as exc:
+        return _failed(row, header, f"the FHIR store refused the result, nothing applied: {_one_line(exc)}")
+    except Exception as exc:  # a bug: keep the message in the error queue, tell the sender
+        logger.exception("HL7 message %s (row %s): internal error", row.control_id, row.pk)
+        return _failed(
+            row, header, f"internal error, nothing applied: {type(exc).__name__}: {_one_line(exc)}"
+        )
+
+
+def _parse(raw: bytes, header: er7.Header) -> er7.Message:
+    try:
+        return er7.parse(raw, header)
+    except UnicodeDecodeError as exc:
+        named = f"MSH-18 {header.charset_name!r}" if header.charset_name else "BTT_HL7_DEFAULT_ENCODING"
+        raise Hl7Error(
+            f"byte {exc.start} of the message is not valid in its character set {header.codec} ({named})",
+            code="103",
+            ack_code="AR",
+            segment="MSH",
+            field=18,
+        ) from None
+    except er7.Er7Error as exc:
+        raise Hl7Error(str(exc), code=exc.code, ack_code="AR", segment="MSH" if exc.field else "") from None
+
+
+def _check_header(message: er7.Message) -> tuple[str, str, str]:
+    """MSH-9 (type and trigger this server applies), MSH-10 (present), MSH-11, MSH-12 (version)."""
+    msh = message.msh
+    version = msh.value(12)
+    if not version:
+        raise Hl7Error("MSH-12 (version ID) is empty", code="101", ack_code="AR", segment="MSH", field=12)
+    if not reference.is_supported_version(version):
+        raise Hl7Error(
+            f"MSH-12: HL7 version {version!r} is not supported (supported: {', '.join(reference.SUPPORTED_VERSIONS)})",
+            code="203",
+            ack_code="AR",
+            segment="MSH",
+            field=12,
+        )
+    if not msh.value(10):
+        raise Hl7Error(
+            "MSH-10 (message control ID) is empty", code="101", ack_code="AR", segment="MSH", field=10
+        )
+    processing = msh.value(11).upper()
+    if processing and processing not in ("P", "T", "D"):
+        raise Hl7Error(
+            f"MSH-11: processing ID {processing!r} is not P, T or D",
+            code="202",
+            ack_code="AR",
+            segment="MSH",
+            field=11,
+        )
+    code, trigger = msh.value(9, 1).upper(), msh.value(9, 2).upper()
+    if not code:
+        raise Hl7Error("MSH-9 (message type) is empty", code="101", ack_code="AR", segment="MSH", field=9)
+    if code not in SUPPORTED:
+        raise Hl7Error(
+            f"MSH-9: message type {code!r} is not accepted here (accepted: ADT^A01/A04/A08/A28/A31/A40, ORM^O01, OMI^O23)",
+            code="200",
+            ack_code="AR",
+            segment="MSH",
+            field=9,
+            component=1,
+        )
+    if trigger not in SUPPORTED[code]:
+        raise Hl7Error(
+            f"MSH-9: trigger event {code}^{trigger or '(empty)'} is not accepted here "
+            f"(accepted for {code}: {', '.join(sorted(SUPPORTED[code]))})",
+            code="201",
+            ack_code="AR",
+            segment="MSH",
+            field=9,
+            component=2,
+        )
+    return code, trigger, version
+
+
+def _processed_twin(row: InboundMessage) -> InboundMessage | None:
+    return (
+        InboundMessage.objects.filter(
+            sending_application=row.sending_application,
+            sending_facility=row.sending_facility,
+            control_id=row.control_id,
+            state=State.PROCESSED,
+        )
+        .exclude(pk=row.pk)
+        .only("pk", "ack", "charset")
+        .first()
+    )
+
+
+def _answer_duplicate(row: InboundMessage, twin: InboundMessage) -> Received:
+    InboundMessage.objects.filter(pk=row.pk).update(
+        state=State.DUPLICATE, duplicate_of=twin.pk, ack_code="AA", ack=twin.ack, attempts=F("attempts") + 1
+    )
+    logger.info(
+        "HL7 message %s repeated (row %s): answered with the ACK of row %s", row.control_id, row.pk, twin.pk
+    )
+    return Received(twin.ack.encode(twin.charset or "utf-8", errors="replace"), "AA", row.pk, State.DUPLICATE)
+
+
+def _failed(row: InboundMessage, header: er7.Header, text: str) -> Received:
+    error = Hl7Error(text, code="207", ack_code="AE")
+    ack = build_ack(header, "AE", error=error)
+    _mark(row.pk, State.FAILED, error, ack.text)
+    return Received(ack.encode(header.codec), "AE", row.pk, State.FAILED)
+
+
+def _mark(pk: int, state: str, error: Hl7Error, ack: str) -> None:
+    try:
+        InboundMessage.objects.filter(pk=pk).update(
+            state=state, error=error.describe(), ack_code=error.ack_code, ack=ack, attempts=F("attempts") + 1
+        )
+    except DatabaseError:  # the database is gone: the sender gets its AE all the same
+        logger.exception("could not record the failure of HL7 message row %s", pk)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+# --- What a message does -------------------------------------------------------------------------
+
+
+def apply_message(message: er7.Message, code: str, trigger: str, version: str) -> list[str]:
+    """Apply a checked message inside the caller's transaction; the FHIR resources it wrote or
+    linked, as `Type/id`. Raises Hl7Error (AE) for content it cannot apply."""
+    if code == "ADT" and trigger == "A40":
+        return merge_patients(message, version)
+    pid = _required_segment(message, "PID", f"{code}^{trigger}")
+    patient_id = upsert_patient(mapping.patient_data(pid, version))
+    if code == "ADT":
+        return [f"Patient/{patient_id}"]
+    groups = mapping.order_groups(message.segments)
+    if not groups:
+        raise Hl7Error(
+            f"{code}^{trigger} holds no ORC segment: there is no order to apply", code="100", segment="ORC"
+        )
+    written = [f"Patient/{patient_id}"]
+    for orc, obr, tq1, ipcs in groups:
+        order = mapping.order_data(orc, obr, tq1, ipcs, version)
+        request_id = upsert_order(order, patient_id)
+        written.append(f"ServiceRequest/{request_id}")
+        if order.accession is not None:
+            written += [f"ImagingStudy/{i}" for i in link_imaging_studies(request_id, order.accession)]
+    return written
+
+
+def _required_segment(message: er7.Message, name: str, what: str) -> er7.Segment:
+    segment = message.first(name)
+    if segment is None:
+        raise Hl7Error(f"{what} needs a {name} segment and has none", code="100", segment=name)
+    return segment
+
+
+def upsert_patient(data: mapping.PatientData) -> str:
+    """The logical id of the Patient `data` describes, updated or created (module docstring).
+
+    Serialised per identifier (the FHIR store's conditional-write lock on `identifier=system|value`,
+    which the DICOM node takes too), so two messages for a new patient make one Patient. Writes
+    nothing when the Patient already says what the message says.
+    """
+    _lock_identifiers("Patient", data.identifiers)
+    found = _find_by_identifiers("Patient", data.identifiers)
+    existing = None
+    if found is not None:
+        survivor = _survivor(found)
+        existing = store.read_resource("Patient", survivor).as_dict()
+        if survivor != found:
+            # A merged-away Patient stands for its survivor; its identifiers stay where they are.
+            data = mapping.PatientData([], data.elements, data.removed)
+        found = survivor
+    patient = mapping.merge_patient(existing, data)
+    return _write("Patient", found, existing, patient)
+
+
+def merge_patients(message: er7.Message, version: str) -> list[str]:
+    """ADT^A40: for each PID + MRG pair, the MRG-1 Patient (created if unknown, from MRG-1 and the
+    prior name MRG-7) becomes inactive with `link` replaced-by the PID-3 Patient (updated or
+    created from the PID), which gets `link` replaces. Re-applying changes nothing."""
+    written: list[str] = []
+    pending_pid: er7.Segment | None = None
+    for segment in message.segments:
+        if segment.name == "PID":
+            pending_pid = segment
+        elif segment.name == "MRG":
+            if pending_pid is None:
+                raise Hl7Error(
+                    "an MRG segment without a PID before it",
+                    code="100",
+                    segment="MRG",
+                    occurrence=segment.occurrence,
+                )
+            written += _merge_pair(pending_pid, segment, version)
+            pending_pid = None
+    if pending_pid is not None or not written:
+        raise Hl7Error("ADT^A40 needs an MRG segment after each PID", code="100", segment="MRG")
+    return written
+
+
+def _merge_pair(pid: er7.Segment, mrg: er7.Segment, version: str) -> list[str]:
+    survivor_data = mapping.patient_data(pid, version)
+    prior_identifiers = mapping.patient_identifiers(mrg, 1, version)
+    _lock_identifiers("Patient", survivor_data.identifiers + prior_identifiers)
+    survivor_id = upsert_patient(survivor_data)
+    prior_id = _find_by_identifiers("Patient", prior_identifiers)
+    if prior_id == survivor_id:
+        raise Hl7Error(
+            "MRG-1 names the same Patient as PID-3: a patient cannot be merged into itself",
+            code="205",
+            segment="MRG",
+            occurrence=mrg.occurrence,
+            field=1,
+        )
+    prior = store.read_resource("Patient", prior_id).as_dict() if prior_id else None
+    if prior is None:
+        prior = {"resourceType": "Patient", "identifier": prior_identifiers}
+        names = mapping.human_names(mrg, 7)
+        if names:
+            prior["name"] = names
+    merged = dict(prior)
+    merged["active"] = False
+    links = [link for link in prior.get("link") or [] if link.get("type") != "replaced-by"]
+    merged["link"] = [*links, {"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
+    prior_id = _write("Patient", prior_id, prior if prior_id else None, merged)
+
+    survivor = store.read_resource("Patient", survivor_id).as_dict()
+    updated = dict(survivor)
+    replaces = {"other": {"reference": f"Patient/{prior_id}"}, "type": "replaces"}
+    if replaces not in (survivor.get("link") or []):
+        updated["link"] = [*(survivor.get("link") or []), replaces]
+    updated["active"] = True
+    _write("Patient", survivor_id, survivor, updated)
+    return [f"Patient/{survivor_id}", f"Patient/{prior_id}"]
+
+
+def upsert_order(order: mapping.OrderData, patient_id: str) -> str:
+    """The logical id of the order's ServiceRequest, updated or created: matched by the placer
+    order number, else the filler order number (serialised per number like `upsert_patient`)."""
+    keys = [i for i in order.identifiers if mapping._type_code(i) in ("PLAC", "FILL")]
+    _lock_identifiers("ServiceRequest", keys)
+    found = _find_by_identifiers("ServiceRequest", keys)
+    existing = store.read_resource("ServiceRequest", found).as_dict() if found else None
+    request = mapping.merge_service_request(existing, order, patient_id)
+    return _write("ServiceRequest", found, existing, request)
+
+
+def link_imaging_studies(service_request_id: str, accession: dict) -> list[str]:
+    """Add `ServiceRequest/<id>` to `basedOn` of every ImagingStudy with the accession number
+    (any system when the accession has none, as the DICOM node matches); their ids.
+
+    Each ImagingStudy is patched at the version read (If-Match), retried when the DICOM node wrote
+    a newer one meanwhile, so neither write is lost.
+    """
+    token = _token(accession)
+    reference_text = f"ServiceRequest/{service_request_id}"
+    linked = []
+    for study_id in find_matches("ImagingStudy", [("identifier", token)]).values_list(
+        "logical_id", flat=True
+    )[:50]:
+        for _attempt in range(5):
+            current = store.read_resource("ImagingStudy", study_id)
+            resource = current.as_dict()
+            based_on = resource.get("basedOn") or []
+            if any(ref.get("reference") == reference_text for ref in based_on):
+                break
+            patch = (
+                [{"op": "add", "path": "/basedOn/-", "value": {"reference": reference_text}}]
+                if based_on
+                else [{"op": "add", "path": "/basedOn", "value": [{"reference": reference_text}]}]
+            )
+            try:
+                store.patch_resource("ImagingStudy", study_id, patch, if_match=current.version_id)
+                break
+            except FhirError as exc:
+                if exc.status != 412:
+                    raise
+        linked.append(study_id)
+    return linked
+
+
+def _token(identifier: dict) -> str:
+    value = re.sub(r"([\\,|$])", r"\\\1", identifier["value"])
+    return f"{identifier['system']}|{value}" if identifier.get("system") else value
+
+
+def _lock_identifiers(resource_type: str, identifiers: list[dict]) -> None:
+    """Take the store's conditional-write locks of each identifier, in a fixed order (no deadlocks)."""
+    for token in sorted({_token(i) for i in identifiers}):
+        store.lock_criteria(resource_type, [("identifier", token)])
+
+
+def _find_by_identifiers(resource_type: str, identifiers: list[dict]) -> str | None:
+    """The resource matching the first identifier that matches any (the oldest when several do)."""
+    for identifier in identifiers:
+        match = (
+            find_matches(resource_type, [("identifier", _token(identifier))])
+            .values_list("logical_id", flat=True)
+            .first()
+        )
+        if match:
+            return match
+    return None
+
+
+def _survivor(patient_id: str) -> str:
+    """Follow `replaced-by` links from a merged-away Patient to the one that survives."""
+    seen = {patient_id}
+    current = patient_id
+    for _ in range(MAX_LINK_HOPS):
+        try:
+            resource = store.read_resource("Patient", current).as_dict()
+        except FhirError:
+            return current
+        target = next(
+            (
+                store.parse_relative_reference(link.get("other", {}).get("reference", ""))
+                for link in resource.get("link") or []
+                if link.get("type") == "replaced-by"
+            ),
+            None,
+        )
+        if target is None or target[0] != "Patient" or target[1] in seen:
+            return current
+        seen.add(target[1])
+        current = target[1]
+    return current
+
+
+def _write(resource_type: str, logical_id: str | None, existing: dict | None, resource: dict) -> str:
+    """Create or update through the FHIR store; nothing when the content is unchanged."""
+    if logical_id is None:
+        return store.create_resource(resource).stored.logical_id
+    if existing is not None and _content(existing) == _content(resource):
+        return logical_id
+    store.update_resource(resource_type, logical_id, {**resource, "id": logical_id})
+    return logical_id
+
+
+def _content(resource: dict) -> dict:
+    return {key: value for key, value in resource.items() if key not in ("id", "meta")}
+
+
+# --- Outbound ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery attempt's outcome: the row's state, and whether to try again (and why)."""
+
+    message_id: int
+    state: str
+    retry: bool = False
+    error: str = ""
+
+
+class DeliveryRetry(Exception):
+    """A delivery attempt failed in a way worth retrying (raised by the task for Celery's backoff)."""
+
+
+def queue_report(payload: dict) -> list[int]:
+    """`report_finalised`: one ORU^R01 per enabled destination, built now (from the version the
+    event names) and delivered by a Celery task queued on commit. Idempotent per event and
+    destination. Returns the ids of the rows made by this call."""
+    destinations = list(Hl7Destination.objects.filter(enabled=True))
+    if not destinations:
+        return []
+    content = oru.ReportContent.load(payload)
+    created = []
+    for destination in destinations:
+        if OutboundMessage.objects.filter(event_id=payload["event_id"], destination=destination).exists():
+            continue
+        control_id = new_control_id()
+        message = OutboundMessage.objects.create(
+            destination=destination,
+            event_id=payload["event_id"],
+            message_type="ORU^R01",
+            control_id=control_id,
+            payload=oru.build_oru(content, control_id=control_id, destination=destination),
+            charset="utf-8",
+            diagnostic_report_id=payload["diagnostic_report_id"],
+            next_attempt_at=timezone.now(),
+        )
+        created.append(message.pk)
+        transaction.on_commit(lambda pk=message.pk: _queue_delivery(pk))
+    return created
+
+
+def _queue_delivery(message_id: int, countdown: float = 0) -> None:
+    from integrations.hl7v2.tasks import deliver_outbound_task
+
+    try:
+        deliver_outbound_task.apply_async(
+            args=[message_id], countdown=countdown, queue=settings.BTT_HL7_TASK_QUEUE
+        )
+    except Exception:  # the broker is down: the row stays pending and the sweep queues it again
+        logger.exception("could not queue the delivery of outbound HL7 message %s", message_id)
+
+
+def deliver_outbound(message_id: int) -> Delivery:
+    """Send one pending message to its destination and record the outcome on its row.
+
+    The row is locked for the attempt (`SELECT ... FOR UPDATE SKIP LOCKED`), so one message is never
+    sent twice at once; a row another worker is sending, or no longer pending, is left alone. The
+    ACK's MSA-2 must be our MSH-10. AA/CA: delivered. AR/CR: failed (the destination refuses it;
+    no retry). AE/CE, no or a bad ACK, or a connection that fails: retried while attempts remain
+    (`BTT_HL7_SEND_MAX_ATTEMPTS`), then failed. Every attempt sends the same message, the same MSH-10.
+    """
+    with transaction.atomic(durable=True):
+        row = (
+            OutboundMessage.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("destination")
+            .filter(pk=message_id)
+            .first()
+        )
+        if row is None:
+            return Delivery(message_id, "busy")
+        if row.state != OutboundMessage.State.PENDING:
+            return Delivery(message_id, row.state)
+        now = timezone.now()
+        row.attempts += 1
+        row.last_attempt_at = now
+        destination = row.destination
+        try:
+            context = tls.client_context() if destination.use_tls else None
+            answer = mllp.send(
+                destination.host,
+                destination.port,
+                row.payload.encode(row.charset, errors="replace"),
+                timeout=settings.BTT_HL7_SEND_TIMEOUT,
+                ssl_context=context,
+            )
+            ack_code, ack_text, problem = _read_ack(answer, row.control_id, row.charset)
+        except (TimeoutError, OSError, mllp.MllpError, ssl.SSLError) as exc:
+            ack_code, ack_text, problem = (
+                "",
+                "",
+                f"{destination.host}:{destination.port}: {_one_line(exc) or type(exc).__name__}",
+            )
+        row.ack, row.ack_code = ack_text, ack_code
+        retry = False
+        if ack_code in ("AA", "CA"):
+            row.state = OutboundMessage.State.DELIVERED
+            row.delivered_at = now
+            row.last_error = ""
+            row.next_attempt_at = None
+        elif ack_code in ("AR", "CR"):
+            row.state = OutboundMessage.State.FAILED
+            row.last_error = f"rejected by the destination ({ack_code}): {problem}"
+            row.next_attempt_at = None
+        elif row.attempts >= settings.BTT_HL7_SEND_MAX_ATTEMPTS:
+            row.state = OutboundMessage.State.FAILED
+            row.last_error = f"gave up after {row.attempts} attempts; last: {problem}"
+            row.next_attempt_at = None
+        else:
+            retry = True
+            row.last_error = f"attempt {row.attempts} failed, to be retried: {problem}"
+            delay = min(settings.BTT_HL7_RETRY_BACKOFF_MAX, 2 ** (row.attempts - 1))
+            row.next_attempt_at = now + dt.timedelta(seconds=delay)
+        row.save()
+    level = logging.WARNING if row.state != OutboundMessage.State.DELIVERED else logging.INFO
+    logger.log(
+        level, "outbound HL7 %s to %s: %s %s", row.control_id, destination.name, row.state, row.last_error
+    )
+    return Delivery(row.pk, row.state, retry, row.last_error)
+
+
+def _read_ack(answer: bytes, control_id: str, codec: str) -> tuple[str, str, str]:
+    """(MSA-1, the ACK as text, what was wrong or its text) of a destination's answer."""
+    text = answer.decode(codec, errors="replace")
+    try:
+        header = er7.read_header(answer, codec)
+        message = er7.parse(answer, header)
+    except (er7.Er7Error, UnicodeDecodeError) as exc:
+        return "", text, f"the answer is no HL7 message: {exc}"
+    msa = message.first("MSA")
+    if msa is None:
+        return "", text, "the answer has no MSA segment"
+    if msa.value(2) != control_id:
+        return "", text, f"the ACK's MSA-2 {msa.value(2)!r} is not this message's control ID {control_id!r}"
+    code = msa.value(1).upper()
+    err = message.first("ERR")
+    detail = msa.value(3) or (err.value(8) or err.raw(1) if err is not None else "")
+    if code not in ("AA", "AE", "AR", "CA", "CE", "CR"):
+        return "", text, f"MSA-1 {code!r} is no acknowledgement code"
+    return code, text, detail or code
+
+
+def due_outbound(grace_seconds: float = 60.0) -> list[int]:
+    """Ids of pending messages whose next attempt is more than `grace_seconds` overdue: their task
+    was lost (a broker outage, a worker gone with its countdowns). For the sweep."""
+    limit = timezone.now() - dt.timedelta(seconds=grace_seconds)
+    return list(
+        OutboundMessage.objects.filter(state=OutboundMessage.State.PENDING, next_attempt_at__lte=limit)
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:1000]
+    )
+
+
+def retry_outbound(message_ids: list[int]) -> int:
+    """Make failed or pending messages due now and queue their delivery (the admin's action); how many."""
+    count = 0
+    for message_id in message_ids:
+        with transaction.atomic():
+            updated = OutboundMessage.objects.filter(
+                pk=message_id, state__in=(OutboundMessage.State.FAILED, OutboundMessage.State.PENDING)
+            ).update(state=OutboundMessage.State.PENDING, next_attempt_at=timezone.now(), attempts=0)
+            if updated:
+                count += 1
+                transaction.on_commit(lambda pk=message_id: _queue_delivery(pk))
+    return count
+
+
+def add_or_update_destination(
+    name: str,
+    host: str,
+    port: int,
+    *,
+    use_tls: bool = False,
+    enabled: bool = True,
+    receiving_application: str = "",
+    receiving_facility: str = "",
+    description: str = "",
+) -> tuple[Hl7Destination, bool]:
+    """Create or update the destination `name`; (destination, created). ValueError for a bad
+    name, host or port."""
+    name, host = name.strip(), host.strip()
+    if not name or len(name) > 64:
+        raise ValueError(f"destination name must be 1-64 characters, got {name!r}")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"host must be a host name or address, got {host!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return Hl7Destination.objects.update_or_create(
+        name=name,
+        defaults={
+            "host": host,
+            "port": int(port),
+            "use_tls": use_tls,
+            "enabled": enabled,
+            "receiving_application": receiving_application,
+            "receiving_facility": receiving_facility,
+            "description": description,
+        },
+    )
