@@ -1,10 +1,12 @@
-"""The AI pipeline in the admin console: models (enable/disable, re-scan), routing rules, jobs, weights."""
+"""The AI pipeline in the admin console: models (enable/disable, re-scan), routing rules, jobs (filters,
+retry, sweep), trust weights, de-identified studies."""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
 
-from ai_pipeline.models import AIModel, InferenceJob, RoutingRule, TrustWeights
+from ai_pipeline import jobs
+from ai_pipeline.models import AIModel, DeidentifiedStudy, InferenceJob, RoutingRule, TrustWeights
 from ai_pipeline.registry import sync_registry
 
 
@@ -75,8 +77,12 @@ class RoutingRuleAdmin(admin.ModelAdmin):
         "calling_ae",
         "order_code",
         "specialty",
+        "priority",
+        "outside",
+        "dicom_sr",
+        "result_destinations",
     )
-    list_filter = ("enabled", "modality", "model_name")
+    list_filter = ("enabled", "modality", "model_name", "priority", "outside", "dicom_sr")
     search_fields = ("name", "model_name", "order_code", "calling_ae")
 
 
@@ -87,17 +93,30 @@ class InferenceJobAdmin(admin.ModelAdmin):
         "model_name",
         "model_version",
         "state",
+        "short_reason",
         "priority",
+        "outside",
         "trust_score",
         "attempts",
         "worker",
         "queued_at",
+        "started_at",
+        "finished_at",
+        "queue_seconds",
         "run_seconds",
         "diagnostic_report_id",
     )
-    list_filter = ("state", "priority", "model_name")
-    search_fields = ("study_instance_uid", "accession_number", "model_name", "diagnostic_report_id", "worker")
+    list_filter = ("state", "priority", "outside", "model_name", "model_version", "queued_at")
+    search_fields = (
+        "study_instance_uid",
+        "accession_number",
+        "model_name",
+        "diagnostic_report_id",
+        "worker",
+        "reason",
+    )
     date_hierarchy = "queued_at"
+    actions = ("retry", "sweep")
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]
@@ -105,7 +124,47 @@ class InferenceJobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    @admin.display(description="reason")
+    def short_reason(self, job: InferenceJob) -> str:
+        return job.reason if len(job.reason) <= 80 else job.reason[:79] + "…"
+
+    @admin.action(description="Retry the selected failed jobs")
+    def retry(self, request, queryset) -> None:
+        retried, refused = 0, []
+        for job_id in queryset.values_list("pk", flat=True):
+            try:
+                jobs.retry_job(job_id, requested_by=f"admin user {request.user.get_username()}")
+                retried += 1
+            except (jobs.JobNotRetryable, jobs.JobNotFound) as exc:
+                refused.append(str(exc))
+        self.message_user(request, f"{retried} job(s) queued again")
+        for message in refused:
+            self.message_user(request, message, level=messages.WARNING)
+
+    @admin.action(description="Re-queue stuck jobs now (all jobs, not only the selected)")
+    def sweep(self, request, queryset) -> None:
+        result = jobs.requeue_stuck_jobs()
+        self.message_user(
+            request,
+            f"{len(result.unpublished)} never published, {len(result.lost)} lost, "
+            f"{len(result.overdue)} running past the time limit: re-queued",
+        )
+
 
 @admin.register(TrustWeights)
 class TrustWeightsAdmin(admin.ModelAdmin):
     list_display = ("specialty", "alpha", "beta", "gamma", "note", "updated_at")
+
+
+@admin.register(DeidentifiedStudy)
+class DeidentifiedStudyAdmin(admin.ModelAdmin):
+    """The re-identification keys of studies sent outside: read only (they are made by the pipeline)."""
+
+    list_display = ("study_instance_uid", "deidentified_study_uid", "patient_pseudonym", "created_at")
+    search_fields = ("study_instance_uid", "deidentified_study_uid", "patient_pseudonym")
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False

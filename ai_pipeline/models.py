@@ -84,6 +84,27 @@ class RoutingRule(models.Model):
         default="",
         help_text="trust-score weights to use; blank: the model's specialty",
     )
+    priority = models.CharField(
+        max_length=10,
+        blank=True,
+        default="",
+        choices=[("stat", "stat"), ("asap", "asap"), ("urgent", "urgent"), ("routine", "routine")],
+        help_text="at least this priority for the jobs it routes (stat runs before routine); blank: the order's",
+    )
+    outside = models.BooleanField(
+        default=False,
+        help_text="the model runs on a worker outside the hospital: it gets a de-identified copy of the "
+        "study (DICOM PS3.15 basic profile) and its results are re-identified",
+    )
+    dicom_sr = models.BooleanField(
+        default=False, help_text="also write the result as a DICOM SR (TID 1500), stored in the node"
+    )
+    result_destinations = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="remote AE titles (comma-separated) the DICOM results are sent to by C-STORE",
+    )
     description = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -99,6 +120,9 @@ class RoutingRule(models.Model):
         self.body_part = self.body_part.strip().upper()
         self.calling_ae = self.calling_ae.strip()
         self.specialty = self.specialty.strip().lower()
+        self.result_destinations = ",".join(
+            ae.strip() for ae in self.result_destinations.split(",") if ae.strip()
+        )
         models_named = AIModel.objects.filter(name=self.model_name)
         if not models_named.exists():
             raise ValidationError({"model_name": f"no registered model is named {self.model_name!r}"})
@@ -106,6 +130,13 @@ class RoutingRule(models.Model):
             raise ValidationError(
                 {"model_version": f"{self.model_name} has no version {self.model_version!r}"}
             )
+        if self.result_destinations and not self.dicom_sr:
+            raise ValidationError({"result_destinations": "destinations need a DICOM result (tick DICOM SR)"})
+
+    @property
+    def destinations(self) -> list[str]:
+        """The remote AE titles of `result_destinations`."""
+        return [ae.strip() for ae in self.result_destinations.split(",") if ae.strip()]
 
 
 class InferenceJob(models.Model):
@@ -150,7 +181,14 @@ class InferenceJob(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     event_id = models.CharField(max_length=200, blank=True, default="", help_text="the study_received event")
     accession_number = models.CharField(max_length=64, blank=True, default="")
+    outside = models.BooleanField(
+        default=False, help_text="runs outside the hospital on a de-identified copy (routing rule)"
+    )
     queued_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(
+        null=True, blank=True, help_text="when its task message was last handed to the broker"
+    )
+    publish_count = models.PositiveIntegerField(default=0, help_text="task messages published for it")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     queue_seconds = models.FloatField(null=True, blank=True)
@@ -169,6 +207,9 @@ class InferenceJob(models.Model):
     quality = models.JSONField(default=dict, blank=True)
     diagnostic_report_id = models.CharField(max_length=64, blank=True, default="")
     provenance_id = models.CharField(max_length=64, blank=True, default="")
+    dicom_results = models.JSONField(
+        default=dict, blank=True, help_text="DICOM SR written for the report and where it was sent"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -219,3 +260,46 @@ class TrustWeights(models.Model):
             check_weights(self.alpha, self.beta, self.gamma, where=self.specialty or "weights")
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
+
+
+class DeidentifiedStudy(models.Model):
+    """The pseudonyms of one study's de-identified copy (ai_pipeline/deidentify.py), kept so that
+    results computed on the copy can be re-identified.
+
+    `uid_map` maps every original UID that was replaced to its stand-in (2.25 UUID-derived UIDs,
+    made once and reused, so the copy's UIDs stay the same across runs and consistent within the
+    study). `patient_pseudonym` replaces Patient ID. Never leaves the hospital.
+    """
+
+    study_instance_uid = models.CharField(max_length=64, unique=True)
+    deidentified_study_uid = models.CharField(max_length=64, unique=True)
+    patient_pseudonym = models.CharField(max_length=64)
+    uid_map = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "de-identified study"
+
+    def __str__(self) -> str:
+        return f"{self.study_instance_uid} -> {self.deidentified_study_uid}"
+
+    def original_uid(self, deidentified_uid: str) -> str | None:
+        """The original UID a stand-in replaced (None when it is not one of this study's)."""
+        for original, stand_in in self.uid_map.items():
+            if stand_in == deidentified_uid:
+                return original
+        return None
+
+
+class SweepChain(models.Model):
+    """The one live chain of `ai_pipeline.sweep_inference_jobs` tasks (tasks.py): a worker that
+    starts writes a new token; a sweep whose token is not the current one ends its chain."""
+
+    name = models.CharField(max_length=32, unique=True)
+    token = models.CharField(max_length=64)
+    last_swept_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"sweep {self.name} ({self.token[:8]})"

@@ -16,10 +16,15 @@ priority=None, event=None, routing_rule=None, specialty=None) -> InferenceJob`:
   pixel data and localizers), runs the model with test-time augmentation, assesses each finding,
   checks image quality, collects other opinions (prior reports, other models) and computes the
   trust score.
+- A job marked `outside` (its routing rule runs the model outside the hospital) runs the decoding
+  and the model on a de-identified copy of the study (`deidentify.deidentify_study`, removed after
+  the run); the series and image UIDs of its findings are mapped back to the originals before
+  anything is written, so the report refers to the original study and patient.
 - In one transaction holding the job row lock: writes the DiagnosticReport, its Observations, the
   model's Device and the Provenance (results.write_report; nothing is written when the report of
   this study/model/version exists, so exactly one results) and marks the job `succeeded` with the
-  report and Provenance ids, trust score, findings, quality and timings.
+  report and Provenance ids, trust score, findings, quality and timings; when the job's rule (or
+  `BTT_AI_DICOM_SR`) asks for DICOM results, `ai_pipeline.export_dicom_results` is queued on commit.
 - Permanent failures (pixel data that cannot be decoded, a model file whose sha256 does not match,
   a model that cannot be loaded or gives the wrong output, no applicable images, the study gone,
   a result the FHIR store refuses) mark the job `failed` with the reason and return it: no report
@@ -40,13 +45,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 import numpy as np
 import orjson
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from ai_pipeline import registry, results, runtime, study_source
+from ai_pipeline import deidentify, dicom_results, registry, results, runtime, study_source
 from ai_pipeline.manifest import Label, Manifest, ManifestError
 from ai_pipeline.models import AIModel, InferenceJob, RoutingRule
 from ai_pipeline.preprocessing import (
@@ -89,6 +95,7 @@ PERMANENT_ERRORS = (
     ManifestError,
     NoApplicableImages,
     study_source.StudyNotFound,
+    deidentify.DeidentificationError,
     FileNotFoundError,
 )
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, OSError)
@@ -105,6 +112,7 @@ def create_job(
     event_id: str = "",
     accession_number: str = "",
     routing_rule: RoutingRule | None = None,
+    outside: bool = False,
 ) -> tuple[InferenceJob, bool]:
     """The job of (study, model version), created `queued` if new; (job, created)."""
     job, created = InferenceJob.objects.get_or_create(
@@ -118,6 +126,7 @@ def create_job(
             "event_id": event_id,
             "accession_number": accession_number,
             "routing_rule": routing_rule,
+            "outside": outside,
         },
     )
     return job, created
@@ -218,11 +227,13 @@ def _is_localizer(ds) -> bool:
     return "LOCALIZER" in values
 
 
-def _prepare_series(refs: list[study_source.InstanceRef], manifest: Manifest) -> PreparedSeries | None:
+def _prepare_series(
+    refs: list[study_source.InstanceRef], manifest: Manifest, opener=study_source.open_instance
+) -> PreparedSeries | None:
     builder: SeriesBuilder | None = None
     applicability = manifest.applicability
     for ref in refs:
-        with study_source.open_instance(ref.sop_instance_uid) as handle:
+        with opener(ref.sop_instance_uid) as handle:
             ds = read_dataset(handle, name=ref.sop_instance_uid)
         if not has_pixels(ds) or _is_localizer(ds):
             continue
@@ -451,29 +462,48 @@ def _run(
     images = study_source.study_images(job.study_instance_uid)
     timer.lap("load")
 
-    candidates = _candidate_series(images, manifest)
-    prepared: list[PreparedSeries] = []
-    for refs in candidates:
-        series = _prepare_series(refs, manifest)
-        if series is not None:
-            prepared.append(series)
-            if manifest.input.series_selection == "largest":
-                break
-    if not prepared:
-        raise NoApplicableImages(
-            f"study {job.study_instance_uid}: no image of the fitting series can be used by {manifest.key} "
-            "(no pixel data, or localizers only)"
+    # A job that runs outside the hospital sees only a de-identified copy of the study: from here
+    # to the end of the inference, `source` holds stand-in UIDs and no patient data; `original`
+    # maps the copy's UIDs back before anything is written.
+    copy: deidentify.DeidentifiedCopy | None = None
+    source, opener = images, study_source.open_instance
+    if job.outside:
+        applicability = manifest.applicability
+        copy = deidentify.deidentify_study(
+            images,
+            keep=lambda ref: applicability.matches(
+                modality=ref.modality, body_part=ref.body_part, sop_class_uid=ref.sop_class_uid
+            ),
         )
-    timer.lap("preprocess")
+        source, opener = copy.images, copy.open_instance
+    try:
+        candidates = _candidate_series(source, manifest)
+        prepared: list[PreparedSeries] = []
+        for refs in candidates:
+            series = _prepare_series(refs, manifest, opener)
+            if series is not None:
+                prepared.append(series)
+                if manifest.input.series_selection == "largest":
+                    break
+        if not prepared:
+            raise NoApplicableImages(
+                f"study {job.study_instance_uid}: no image of the fitting series can be used by {manifest.key} "
+                "(no pixel data, or localizers only)"
+            )
+        timer.lap("preprocess")
 
-    outcomes = []
-    for series in prepared:
-        plain = runner.predict(series.inputs)
-        tta = runner.predict_tta(series.inputs, focus=runtime.focus_images(plain, manifest), plain=plain)
-        outcomes.append(
-            SeriesOutcome(series, tta.probabilities, _assess(series, tta.probabilities, manifest))
-        )
-    timer.lap("inference")
+        outcomes = []
+        for series in prepared:
+            plain = runner.predict(series.inputs)
+            tta = runner.predict_tta(series.inputs, focus=runtime.focus_images(plain, manifest), plain=plain)
+            outcomes.append(
+                SeriesOutcome(series, tta.probabilities, _assess(series, tta.probabilities, manifest))
+            )
+        timer.lap("inference")
+    finally:
+        if copy is not None:
+            copy.remove()
+    original = copy.original_uid if copy is not None else _same
 
     context = resolve_fhir_context(images, event)
     findings: list[results.FindingResult] = []
@@ -485,14 +515,26 @@ def _run(
         best = frames[assessment.best_index].sop_instance_uid if manifest.input.kind == "slice" else None
         findings.append(
             results.FindingResult(
-                label, assessment, outcome.series.series_instance_uid, outcome.series.body_part, best
+                label,
+                assessment,
+                original(outcome.series.series_instance_uid),
+                outcome.series.body_part,
+                original(best) if best else None,
             )
         )
-        summaries.append(_finding_summary(label, assessment, outcome, model.name))
+        summaries.append(
+            {
+                **_finding_summary(label, assessment, outcome, model.name),
+                "series": original(outcome.series.series_instance_uid),
+                "best_image": original(best) if best else None,
+            }
+        )
     main = main_statement([f.assessment for f in findings])
     main_finding = next(f for f in findings if f.assessment is main)
     main_series = next(
-        o.series for o in outcomes if o.series.series_instance_uid == main_finding.series_instance_uid
+        o.series
+        for o in outcomes
+        if original(o.series.series_instance_uid) == main_finding.series_instance_uid
     )
     opinions = collect_opinions(
         results.finding_code(main_finding.label, model.name),
@@ -518,7 +560,7 @@ def _run(
         details={
             "statement": main.label,
             "positive": main.positive,
-            "series": main_series.series_instance_uid,
+            "series": original(main_series.series_instance_uid),
             "quality": quality.as_dict(),
             "finding": main.as_dict(),
             "consensus": {"neutral": agreement.neutral, "opinions": agreement.opinions},
@@ -551,6 +593,7 @@ def _run(
         written = results.write_report(data)
         timer.lap("write")
         job.diagnostic_report_id = written.diagnostic_report_id
+        job.accession_number = job.accession_number or images.accession_number[:64]
         if written.created:
             job.provenance_id = written.provenance_id
         job.images = images_seen
@@ -558,7 +601,7 @@ def _run(
         job.trust_score = trust.percent
         job.trust = trust.as_dict()
         job.findings = summaries
-        job.quality = {s.series_instance_uid: s.quality.as_dict() for s in prepared if s.quality}
+        job.quality = {original(s.series_instance_uid): s.quality.as_dict() for s in prepared if s.quality}
         job.load_seconds = round(timer.marks.get("load", 0.0), 4)
         job.preprocess_seconds = round(timer.marks.get("preprocess", 0.0), 4)
         job.inference_seconds = round(timer.marks.get("inference", 0.0), 4)
@@ -566,12 +609,20 @@ def _run(
         _finish(
             job, State.SUCCEEDED, "" if written.created else "the report existed already; nothing was written"
         )
+        if dicom_results.wanted(job):
+            from ai_pipeline.tasks import queue_dicom_results
+
+            transaction.on_commit(partial(queue_dicom_results, job.pk), robust=True)
     logger.info(
         "job %s: %s %s on %s -> DiagnosticReport/%s (trust %s%%, %d images, %.2f s inference)",
         job.pk, model.name, model.version, job.study_instance_uid, job.diagnostic_report_id,
         job.trust_score, images_seen, job.inference_seconds or 0.0,
     )  # fmt: skip
     return job
+
+
+def _same(uid: str) -> str:
+    return uid
 
 
 def _describe(exc: BaseException) -> str:
@@ -634,6 +685,8 @@ def _requeue(job: InferenceJob, reason: str) -> None:
             if job.state != State.SUCCEEDED:
                 job.state = State.QUEUED
                 job.reason = f"attempt {job.attempts} failed, to be retried: {reason}"[:4000]
-                job.save(update_fields=["state", "reason", "updated_at"])
+                # The task's retry publishes a new message now: the sweep counts from here.
+                job.published_at = timezone.now()
+                job.save(update_fields=["state", "reason", "published_at", "updated_at"])
     except DatabaseError:  # the database itself is what failed: the retry will claim the job again
         logger.warning("job %s: could not record the transient failure: %s", job.pk, reason)

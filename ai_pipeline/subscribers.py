@@ -5,13 +5,15 @@ emits, i.e. every Celery worker, has it without configuration). It runs inside t
 transaction (btt_health/events.py) and only:
 
 1. reads the orders of the study (the ServiceRequests of the event: their codes for routing, their
-   `priority` for the job's priority; the most urgent wins),
+   `priority` for the job's priority; the most urgent wins, and a routing rule with a `priority`
+   raises its jobs to at least that: a rule for a stroke CT can make its model run STAT),
 2. selects the models (`routing.select_models`). With no RoutingRule row at all (a fresh install)
    and `BTT_AI_ROUTE_WITHOUT_RULES` (default on), every enabled, available model whose manifest
    applicability admits the study runs instead, so the out-of-the-box stack reports on a CT study
    with the demo model. Once any rule exists (even a disabled one) only rules route.
 3. creates one `queued` InferenceJob per (study, model, version) (`services.create_job`; the unique
-   key makes a second delivery find the same row), and
+   key makes a second delivery find the same row), flagged `outside` when its rule sends the model
+   to a worker outside the hospital (it then runs on a de-identified copy), and
 4. queues `ai_pipeline.run_inference` with `transaction.on_commit` on `BTT_INFERENCE_QUEUE` with the
    job's priority, so nothing is queued if the emission rolls back.
 
@@ -43,6 +45,17 @@ class Route:
     model: AIModel
     rule: RoutingRule | None
     specialty: str
+
+    def priority(self, ordered: str) -> str:
+        """The more urgent of the order's priority and the routing rule's (when it sets one)."""
+        ranks = InferenceJob.PRIORITY_RANK
+        if self.rule is not None and self.rule.priority in ranks:
+            return min(ordered, self.rule.priority, key=ranks.__getitem__)
+        return ordered
+
+    @property
+    def outside(self) -> bool:
+        return bool(self.rule is not None and self.rule.outside)
 
 
 def _orders(payload: Mapping) -> list[dict]:
@@ -103,9 +116,10 @@ def on_study_received(payload: dict) -> list[InferenceJob]:
     event_id = str(payload.get("event_id") or "")
     orders = _orders(payload)
     facts = StudyFacts.from_event(payload, order_codes(orders))
-    priority = order_priority(orders)
+    ordered = order_priority(orders)
     queued = []
     for chosen in route(facts):
+        priority = chosen.priority(ordered)
         job, created = services.create_job(
             uid,
             chosen.model,
@@ -113,13 +127,15 @@ def on_study_received(payload: dict) -> list[InferenceJob]:
             event_id=event_id,
             accession_number=str(payload.get("accession_number") or ""),
             routing_rule=chosen.rule,
+            outside=chosen.outside,
         )
         if not created:
             if job.state == InferenceJob.State.SUCCEEDED or job.event_id == event_id:
                 logger.info("study %s: job %s already there for %s (%s)", uid, job.pk, event_id, job.state)
                 continue
-            job.event_id, job.priority = event_id, priority
-            job.save(update_fields=["event_id", "priority", "updated_at"])
+            job.event_id, job.priority, job.outside = event_id, priority, chosen.outside
+            job.published_at = None
+            job.save(update_fields=["event_id", "priority", "outside", "published_at", "updated_at"])
         transaction.on_commit(
             partial(queue_inference, job.pk, payload, specialty=chosen.specialty), robust=True
         )

@@ -17,23 +17,33 @@ which `serve`'s worker consumes: it is in `BTT_WORKER_QUEUES`). It is
   Celery priority (`celery_priority`). Redis sorts 0 first; AMQP brokers sort the highest number
   first (their queue then needs `x-max-priority`); the embedded filesystem broker keeps FIFO order.
 
-A worker registers the models of `BTT_MODEL_DIR` when it is ready (`worker_ready`), so a fresh
-stack has the demo model without running `manage.py sync_models` first.
+Jobs routed to a worker outside the hospital (`InferenceJob.outside`) go to
+`BTT_INFERENCE_OUTSIDE_QUEUE` when it is set, and their message carries no event payload.
+Every publish is recorded on the job (`published_at`, `publish_count`; `jobs.record_published`).
+
+A worker that consumes the inference queue, when it is ready (`worker_ready`), registers the
+models of `BTT_MODEL_DIR` (so a fresh stack has the demo model without `manage.py sync_models`)
+and starts the sweep chain: `ai_pipeline.sweep_inference_jobs` runs `jobs.requeue_stuck_jobs` at
+once and then every `BTT_INFERENCE_SWEEP_SECONDS` (a countdown the worker holds, so it works on
+every broker), one live chain however many workers start (`SweepChain`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 
 from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
+from django.utils import timezone
 
-from ai_pipeline import services
-from ai_pipeline.models import InferenceJob
+from ai_pipeline import dicom_results, jobs, services
+from ai_pipeline.models import InferenceJob, SweepChain
 from ai_pipeline.registry import ModelUnavailableError
+from integrations.dicom.services import StoreRejected
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +61,32 @@ def celery_priority(priority: str, broker_url: str | None = None) -> int | None:
     return None
 
 
+def inference_queue(outside: bool) -> str:
+    """The queue of a job: BTT_INFERENCE_OUTSIDE_QUEUE for jobs that run outside, when set."""
+    if outside and settings.BTT_INFERENCE_OUTSIDE_QUEUE:
+        return settings.BTT_INFERENCE_OUTSIDE_QUEUE
+    return settings.BTT_INFERENCE_QUEUE
+
+
 def queue_inference(job_id: int, event: dict | None = None, *, specialty: str | None = None) -> None:
-    """Publish `run_inference` for the job (call it from `transaction.on_commit`)."""
-    priority = InferenceJob.objects.filter(pk=job_id).values_list("priority", flat=True).first() or "routine"
-    options = {"queue": settings.BTT_INFERENCE_QUEUE}
+    """Publish `run_inference` for the job (call it from `transaction.on_commit`) and record it.
+
+    A job that runs outside the hospital gets no event payload in its message (it carries Patient
+    ID and accession number); the run finds the study's FHIR resources itself. A publish that
+    fails raises (and is logged by `on_commit(robust=True)`); the job keeps no `published_at`, so
+    the sweep publishes it later.
+    """
+    row = InferenceJob.objects.filter(pk=job_id).values_list("priority", "outside").first()
+    if row is None:
+        logger.warning("inference job %s is gone; nothing to queue", job_id)
+        return
+    priority, outside = row
+    options = {"queue": inference_queue(outside)}
     level = celery_priority(priority)
     if level is not None:
         options["priority"] = level
-    run_inference.apply_async(args=[job_id, event, specialty], **options)
+    run_inference.apply_async(args=[job_id, None if outside else event, specialty], **options)
+    jobs.record_published(job_id)
 
 
 @shared_task(
@@ -107,13 +135,83 @@ def run_inference(self, job_id: int, event: dict | None = None, specialty: str |
     }
 
 
+@shared_task(
+    name="ai_pipeline.export_dicom_results",
+    acks_late=True,
+    autoretry_for=(DatabaseError, OSError, StoreRejected),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=8,
+)
+def export_dicom_results(job_id: int) -> dict:
+    """Write the job's result as a DICOM SR, store it in the node and queue it to the PACS
+    (`dicom_results.export_dicom_results`; idempotent: the SR's UIDs come from the report key)."""
+    return dicom_results.export_dicom_results(job_id)
+
+
+def queue_dicom_results(job_id: int) -> None:
+    """Publish `export_dicom_results` (call it from `transaction.on_commit`) on the inference queue."""
+    export_dicom_results.apply_async(args=[job_id], queue=settings.BTT_INFERENCE_QUEUE)
+
+
+@shared_task(
+    name="ai_pipeline.sweep_inference_jobs",
+    bind=True,
+    acks_late=True,
+    autoretry_for=(DatabaseError,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=10,
+)
+def sweep_inference_jobs(self, chain: str | None = None, queue: str | None = None) -> dict:
+    """Re-publish stuck jobs (`jobs.requeue_stuck_jobs`); with `chain`, schedule the next sweep.
+
+    A worker that starts begins a new chain (`start_sweep_chain`); a sweep of an older chain
+    sweeps once more and ends, so there is one live chain however many workers started.
+    """
+    result = jobs.requeue_stuck_jobs()
+    if chain is not None and settings.BTT_INFERENCE_SWEEP_SECONDS > 0:
+        with transaction.atomic():
+            current = SweepChain.objects.select_for_update().filter(name="inference").first()
+            if current is not None and current.token == chain:
+                current.last_swept_at = timezone.now()
+                current.save(update_fields=["last_swept_at", "updated_at"])
+                transaction.on_commit(
+                    lambda: sweep_inference_jobs.apply_async(
+                        kwargs={"chain": chain, "queue": queue},
+                        queue=queue or settings.BTT_INFERENCE_QUEUE,
+                        countdown=settings.BTT_INFERENCE_SWEEP_SECONDS,
+                    )
+                )
+    return {"requeued": result.as_dict(), "chain": chain}
+
+
+def start_sweep_chain(queue: str | None = None) -> str:
+    """Make a new sweep chain current and queue its first sweep now; the chain's token."""
+    token = uuid.uuid4().hex
+    with transaction.atomic():
+        SweepChain.objects.update_or_create(name="inference", defaults={"token": token})
+        transaction.on_commit(
+            lambda: sweep_inference_jobs.apply_async(
+                kwargs={"chain": token, "queue": queue}, queue=queue or settings.BTT_INFERENCE_QUEUE
+            )
+        )
+    return token
+
+
+def _consumed_queues(sender) -> set[str]:
+    try:
+        return set(sender.app.amqp.queues.consume_from or ()) if sender is not None else set()
+    except AttributeError:
+        return set()
+
+
 @worker_ready.connect
 def _sync_models_when_a_worker_starts(sender=None, **kwargs) -> None:
-    """Register the models of BTT_MODEL_DIR when a worker that runs inference starts."""
-    try:
-        consumed = set(sender.app.amqp.queues.consume_from or ()) if sender is not None else set()
-    except AttributeError:
-        consumed = set()
+    """Register the models of BTT_MODEL_DIR when a worker that runs inference starts, and start
+    the sweep of stuck jobs (it runs on this worker's inference queue)."""
+    consumed = _consumed_queues(sender)
     if consumed and settings.BTT_INFERENCE_QUEUE not in consumed:
         return
     from ai_pipeline.registry import sync_registry
@@ -130,5 +228,9 @@ def _sync_models_when_a_worker_starts(sender=None, **kwargs) -> None:
             logger.error("model folder %s refused: %s", folder, reason)
     except Exception:  # a worker without a database at start still runs; the next start syncs
         logger.exception("could not register the models of BTT_MODEL_DIR")
+    try:
+        start_sweep_chain(settings.BTT_INFERENCE_QUEUE)
+    except Exception:  # broker or database down at start: the next worker start sweeps
+        logger.exception("could not start the sweep of stuck inference jobs")
     finally:
         connections.close_all()

@@ -128,6 +128,70 @@ except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         f"BTT_DICOM_TIME_ZONE must be an IANA time zone name (Europe/Berlin, UTC), got {BTT_DICOM_TIME_ZONE!r}"
     ) from None
 
+# --- HL7 v2 interface: MLLP listener, inbound mapping, ORU out ------------------------------
+# (integrations/hl7v2/; the README's HL7 v2 section). BTT_MLLP_PORT is read above with the other ports.
+BTT_MLLP_HOST = env_str("BTT_MLLP_HOST", "0.0.0.0")
+BTT_RUN_MLLP = env_bool("BTT_RUN_MLLP", True)  # whether `serve` runs the MLLP listener
+# A message larger than this (between the MLLP start and end blocks) is refused with an AR ACK.
+BTT_MLLP_MAX_MESSAGE_BYTES = env_int("BTT_MLLP_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1024)
+# Seconds a peer may stall inside a message (or a TLS handshake) before its connection is closed.
+BTT_MLLP_TIMEOUT = env_float("BTT_MLLP_TIMEOUT", 30.0, minimum=0.1)
+# Seconds an open connection may stay silent between messages (EHRs keep connections open).
+BTT_MLLP_IDLE_TIMEOUT = env_float("BTT_MLLP_IDLE_TIMEOUT", 3600.0, minimum=1.0)
+BTT_MLLP_MAX_CONNECTIONS = env_int("BTT_MLLP_MAX_CONNECTIONS", 64, minimum=1, maximum=10000)
+# Threads doing the database work of received messages (the network I/O never waits on them).
+BTT_MLLP_WORKERS = env_int("BTT_MLLP_WORKERS", 8, minimum=1, maximum=256)
+# MLLP over TLS: a second listener on BTT_MLLP_TLS_PORT when certificate and key are both set;
+# with a CA, clients must present a certificate it signed (and the sender verifies peers with it).
+BTT_MLLP_TLS_CERT = env_optional_str("BTT_MLLP_TLS_CERT")
+BTT_MLLP_TLS_KEY = env_optional_str("BTT_MLLP_TLS_KEY")
+BTT_MLLP_TLS_CA = env_optional_str("BTT_MLLP_TLS_CA")
+BTT_MLLP_TLS_PORT = env_int("BTT_MLLP_TLS_PORT", 2576, minimum=1, maximum=65535)
+if (BTT_MLLP_TLS_CERT is None) != (BTT_MLLP_TLS_KEY is None):
+    raise ImproperlyConfigured("BTT_MLLP_TLS_CERT and BTT_MLLP_TLS_KEY must be set together")
+for _tls_setting in ("BTT_MLLP_TLS_CERT", "BTT_MLLP_TLS_KEY", "BTT_MLLP_TLS_CA"):
+    if globals()[_tls_setting] is not None and not Path(globals()[_tls_setting]).is_file():
+        raise ImproperlyConfigured(
+            f"{_tls_setting} must name a readable file, got {globals()[_tls_setting]!r}"
+        )
+# Our MSH-3 / MSH-4 on ACKs and outbound messages.
+BTT_HL7_APPLICATION = env_str("BTT_HL7_APPLICATION", "BTTHEALTH")
+BTT_HL7_FACILITY = env_str("BTT_HL7_FACILITY", "BTTHEALTH")
+# Character set of messages without MSH-18 (a Python codec name: utf-8, cp1252, latin-1, ascii).
+BTT_HL7_DEFAULT_ENCODING = env_str("BTT_HL7_DEFAULT_ENCODING", "utf-8")
+# Identifier systems of PID-3 values without an assigning authority, and of accession numbers
+# without one: the same as the DICOM node's by default, so EHR and DICOM patients and orders match.
+BTT_HL7_PATIENT_ID_SYSTEM = env_str("BTT_HL7_PATIENT_ID_SYSTEM", BTT_DICOM_PATIENT_ID_SYSTEM)
+BTT_HL7_ACCESSION_SYSTEM = env_optional_str("BTT_HL7_ACCESSION_SYSTEM") or BTT_DICOM_ACCESSION_SYSTEM
+# Zone of HL7 date/times that carry no UTC offset (the EHR's local time).
+BTT_HL7_TIME_ZONE = env_str("BTT_HL7_TIME_ZONE", BTT_DICOM_TIME_ZONE)
+try:
+    zoneinfo.ZoneInfo(BTT_HL7_TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(
+        f"BTT_HL7_TIME_ZONE must be an IANA time zone name (Europe/Berlin, UTC), got {BTT_HL7_TIME_ZONE!r}"
+    ) from None
+# Outbound ORU: seconds to wait for a destination's ACK, delivery attempts before giving up, and
+# the Celery queue of the delivery tasks (a worker must consume it).
+BTT_HL7_SEND_TIMEOUT = env_float("BTT_HL7_SEND_TIMEOUT", 30.0, minimum=0.5)
+BTT_HL7_SEND_MAX_ATTEMPTS = env_int("BTT_HL7_SEND_MAX_ATTEMPTS", 12, minimum=1, maximum=100)
+BTT_HL7_RETRY_BACKOFF_MAX = env_int("BTT_HL7_RETRY_BACKOFF_MAX", 600, minimum=1, maximum=86400)
+BTT_HL7_TASK_QUEUE = env_str("BTT_HL7_TASK_QUEUE", "default")
+import codecs  # noqa: E402 - only this block needs it
+
+try:
+    codecs.lookup(BTT_HL7_DEFAULT_ENCODING)
+except LookupError:
+    raise ImproperlyConfigured(
+        f"BTT_HL7_DEFAULT_ENCODING must be a character set Python knows (utf-8, cp1252), got {BTT_HL7_DEFAULT_ENCODING!r}"
+    ) from None
+for _uri_setting in ("BTT_HL7_PATIENT_ID_SYSTEM", "BTT_HL7_ACCESSION_SYSTEM"):
+    _uri_value = globals()[_uri_setting]
+    if _uri_value is not None and (":" not in _uri_value or any(c.isspace() for c in _uri_value)):
+        raise ImproperlyConfigured(
+            f"{_uri_setting} must be an absolute URI (urn:oid:..., http://...), got {_uri_value!r}"
+        )
+
 # --- Django core ------------------------------------------------------------------------------
 DEBUG = env_bool("BTT_DEBUG", False)
 SECRET_KEY = env_optional_str("DJANGO_SECRET_KEY")
@@ -161,6 +225,7 @@ INSTALLED_APPS = [
     "btt_health.api_auth",
     "integrations.fhir",
     "integrations.dicom",
+    "integrations.hl7v2",
     "ai_pipeline",
 ]
 
@@ -256,6 +321,19 @@ if _broker_url is None:
 else:
     CELERY_BROKER_URL = _broker_url
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    if _broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+        # kombu's Redis transport keeps one list per priority step and pops them in this order
+        # (0 first): the AI pipeline's stat/asap/urgent/routine are 0/3/6/9 (ai_pipeline/tasks.py).
+        # The order among queues stays round robin, so no queue starves another.
+        CELERY_BROKER_TRANSPORT_OPTIONS = {
+            "priority_steps": [0, 3, 6, 9],
+            "queue_order_strategy": "round_robin",
+        }
+# RabbitMQ sorts a queue by message priority only when it was declared with x-max-priority:
+# every queue Celery declares gets it (the AI pipeline sends 0-9, stat highest). A queue that
+# exists already without it must be deleted once (RabbitMQ refuses to redeclare it otherwise).
+# Redis ignores it; the embedded filesystem transport has no priorities at all (FIFO).
+CELERY_TASK_QUEUE_MAX_PRIORITY = 10
 CELERY_RESULT_BACKEND = env_optional_str("CELERY_RESULT_BACKEND")
 CELERY_TASK_IGNORE_RESULT = CELERY_RESULT_BACKEND is None
 CELERY_TASK_ACKS_LATE = True
@@ -315,6 +393,23 @@ BTT_INFERENCE_TIME_LIMIT = env_int("BTT_INFERENCE_TIME_LIMIT", 660, minimum=1, m
 if BTT_INFERENCE_TIME_LIMIT <= BTT_INFERENCE_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured("BTT_INFERENCE_TIME_LIMIT must be greater than BTT_INFERENCE_SOFT_TIME_LIMIT")
 BTT_INFERENCE_MAX_RETRIES = env_int("BTT_INFERENCE_MAX_RETRIES", 5, minimum=0, maximum=100)
+# Queue of jobs routed to a worker outside the hospital (RoutingRule.outside; they get a
+# de-identified copy of the study); unset: BTT_INFERENCE_QUEUE.
+BTT_INFERENCE_OUTSIDE_QUEUE = env_optional_str("BTT_INFERENCE_OUTSIDE_QUEUE")
+# The sweep (ai_pipeline/jobs.py requeue_stuck_jobs; at worker start, then every
+# BTT_INFERENCE_SWEEP_SECONDS, 0: only at start; `manage.py requeue_inference_jobs`) re-publishes
+# jobs queued but never published after BTT_INFERENCE_PUBLISH_GRACE seconds, published but not
+# started after BTT_INFERENCE_REQUEUE_AFTER seconds, and running past BTT_INFERENCE_TIME_LIMIT
+# plus the grace.
+BTT_INFERENCE_SWEEP_SECONDS = env_int("BTT_INFERENCE_SWEEP_SECONDS", 300, minimum=0, maximum=86400)
+BTT_INFERENCE_PUBLISH_GRACE = env_int("BTT_INFERENCE_PUBLISH_GRACE", 60, minimum=1, maximum=86400)
+BTT_INFERENCE_REQUEUE_AFTER = env_int("BTT_INFERENCE_REQUEUE_AFTER", 1800, minimum=60, maximum=7 * 86400)
+# Where de-identified copies of studies for outside workers are written (removed after the run).
+BTT_DEID_DIR = env_path("BTT_DEID_DIR", BTT_DATA_DIR / "deid")
+# DICOM results (ai_pipeline/dicom_results.py): SR by default for every report (routing rules
+# can ask for it per rule), and the remote AE titles results are sent to when no rule names any.
+BTT_AI_DICOM_SR = env_bool("BTT_AI_DICOM_SR", False)
+BTT_AI_RESULT_DESTINATIONS = env_list("BTT_AI_RESULT_DESTINATIONS", [])
 # With no routing rule at all (a fresh install), run every enabled, available model whose manifest
 # applies to the study (the demo model applies to CT). Once any rule exists, only rules route.
 BTT_AI_ROUTE_WITHOUT_RULES = env_bool("BTT_AI_ROUTE_WITHOUT_RULES", True)

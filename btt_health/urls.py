@@ -9,6 +9,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("fhir", include("integrations.fhir.urls")),
     path("dicomweb/", include("integrations.dicom.dicomweb.urls")),
+    path("api/ai/", include("ai_pipeline.urls")),
     path("admin/", admin.site.urls),
 ]
 
