@@ -73,6 +73,10 @@ BTT_DICOM_MAX_PDU = env_int("BTT_DICOM_MAX_PDU", 131072, minimum=4096, maximum=1
 # Seconds a peer may stay silent (ACSE, DIMSE and network timeouts) before it is dropped.
 BTT_DICOM_TIMEOUT = env_float("BTT_DICOM_TIMEOUT", 30.0, minimum=1.0)
 BTT_DICOM_MAX_ASSOCIATIONS = env_int("BTT_DICOM_MAX_ASSOCIATIONS", 32, minimum=1, maximum=1000)
+# SCP processes sharing the DICOM listening sockets (`dicom_scp`, `serve`): one Python process
+# uses one CPU, so concurrent associations want one per core (with PostgreSQL; SQLite serialises
+# writers anyway). BTT_DICOM_MAX_ASSOCIATIONS is shared out among them.
+BTT_DICOM_PROCESSES = env_int("BTT_DICOM_PROCESSES", 1, minimum=1, maximum=64)
 # Accept associations from calling AE titles that are not a configured remote AE (add_dicom_peer).
 BTT_DICOM_ALLOW_UNKNOWN_AE = env_bool("BTT_DICOM_ALLOW_UNKNOWN_AE", True)
 # Reject associations whose called AE title is not BTT_DICOM_AET.

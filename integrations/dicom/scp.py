@@ -454,11 +454,33 @@ class NodeAssociationServer(ThreadedAssociationServer):
     - every accepted connection gets the network timeout (pynetdicom leaves accepted sockets
       blocking, so a peer that stops in the middle of a PDU would hold its thread for ever);
     - the TLS handshake runs in the connection's own thread (pynetdicom does it in the listening
-      thread, so one client that connects and stays silent would block every other one).
+      thread, so one client that connects and stays silent would block every other one);
+
+    and it can serve a listening socket it is given (`listen_socket`, bound by the parent of
+    several SCP processes, see `bind_listener`) instead of binding its own. Every process then
+    waits for connections on that one socket and whichever wakes first accepts: the least busy,
+    since a busy one holds its GIL. The others find nothing to accept (the socket is non-blocking)
+    and wait again.
     """
 
+    def __init__(self, *args: Any, listen_socket: socket.socket | None = None, **kwargs: Any) -> None:
+        self._listen_socket = listen_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self._listen_socket is None:
+            super().server_bind()
+            return
+        self.socket.close()
+        self.socket = self._listen_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._listen_socket is None:
+            super().server_activate()
+
     def get_request(self) -> tuple[socket.socket, Any]:
-        client_socket, address = self.socket.accept()
+        client_socket, address = self.socket.accept()  # BlockingIOError (an OSError) when taken
         client_socket.settimeout(self.ae.network_timeout)
         if self.ssl_context:
             client_socket = self.ssl_context.wrap_socket(
@@ -490,26 +512,56 @@ def _warm_up_task_queue() -> None:
         logger.warning("broker not reachable at start (%s); tasks will be queued once it is", exc)
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for SCP processes to share (see `NodeAssociationServer`): bound,
+    listening, non-blocking, inheritable by child processes."""
+    listener = socket.create_server((host, port), backlog=128, reuse_port=False)
+    listener.setblocking(False)
+    listener.set_inheritable(True)
+    return listener
+
+
+def listener_ports() -> dict[str, int]:
+    """The ports the node listens on, by name: `dicom`, and `tls` when DICOM TLS is configured."""
+    ports = {"dicom": settings.BTT_DICOM_PORT}
+    if tls.server_context() is not None:
+        ports["tls"] = settings.BTT_DICOM_TLS_PORT
+    return ports
+
+
 class DicomNode:
-    """The running SCP: `start()` its listeners, `stop()` them (see the module docstring)."""
+    """The running SCP: `start()` its listeners, `stop()` them (see the module docstring).
+
+    `listen_sockets` (by `listener_ports()` name) are listening sockets to serve instead of
+    binding its own: one of several SCP processes (`manage.py dicom_scp --processes N`)."""
 
     def __init__(
-        self, *, host: str | None = None, port: int | None = None, tls_port: int | None = None
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        tls_port: int | None = None,
+        listen_sockets: dict[str, socket.socket] | None = None,
+        max_associations: int | None = None,
     ) -> None:
         configure_pynetdicom()
         self.host = host or settings.BTT_DICOM_HOST
         self.port = settings.BTT_DICOM_PORT if port is None else port
         self.tls_port = settings.BTT_DICOM_TLS_PORT if tls_port is None else tls_port
+        self.listen_sockets = listen_sockets or {}
         self.ae = build_ae()
+        if max_associations is not None:
+            self.ae.maximum_associations = max_associations
         self.servers: list[ThreadedAssociationServer] = []
 
-    def _serve(self, port: int, ssl_context: ssl.SSLContext | None) -> ThreadedAssociationServer:
+    def _serve(self, name: str, port: int, ssl_context: ssl.SSLContext | None) -> ThreadedAssociationServer:
         server = self.ae.make_server(
             (self.host, port),
             ssl_context=ssl_context,
             evt_handlers=handlers(),
             server_class=NodeAssociationServer,
             contexts=SharedContexts(self.ae.supported_contexts),
+            listen_socket=self.listen_sockets.get(name),
         )
         thread = threading.Thread(target=server.serve_forever, name=f"dicom-listener-{port}", daemon=True)
         thread.start()
@@ -524,11 +576,11 @@ class DicomNode:
             logger.info("removed %d stale staged file(s)", removed)
         _warm_up_task_queue()
         lines = []
-        self._serve(self.port, None)
+        self._serve("dicom", self.port, None)
         lines.append(f"DICOM {settings.BTT_DICOM_AET} on {self.host}:{self.port}")
         context = tls.server_context()
         if context is not None:
-            self._serve(self.tls_port, context)
+            self._serve("tls", self.tls_port, context)
             client_auth = (
                 "client certificates required" if settings.BTT_DICOM_TLS_CA else "no client certificates"
             )
