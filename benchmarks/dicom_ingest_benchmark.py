@@ -22,9 +22,10 @@ that it creates and drops):
 
 The receivers:
 
-- node: `python manage.py dicom_scp` (or `serve`, `--node-command`) on a scratch PostgreSQL
-  database migrated once into a template and copied fresh for each measurement, `BTT_DATA_DIR` in
-  the temporary directory: storage and index as in production;
+- node: `python manage.py dicom_scp` (or `serve`, `--node-command`) with `BTT_DICOM_PROCESSES`
+  one per core (`--node-processes`), on a scratch PostgreSQL database migrated once into a template
+  and copied fresh for each measurement, `BTT_DATA_DIR` in the temporary directory: storage and
+  index as in production;
 - orthanc: `Orthanc <config.json>` with its defaults (SQLite index, fsync of every file) except
   its ports, storage directory, `DicomAlwaysAllowStore: true` and `DicomCheckCalledAet: false`;
 - storescp: DCMTK `storescp` in its default single-process mode (`--storescp-fork` forks one
@@ -442,10 +443,11 @@ class NodeReceiver(Receiver):
     name = "node"
     aet = NODE_AET
 
-    def __init__(self, workdir: Path, db: ScratchDatabase, command_name: str) -> None:
+    def __init__(self, workdir: Path, db: ScratchDatabase, command_name: str, processes: int) -> None:
         super().__init__(workdir)
         self.db = db
         self.command_name = command_name
+        self.processes = processes
         self.data_dir = workdir / "node-data"
 
     def prepare(self) -> None:
@@ -455,6 +457,7 @@ class NodeReceiver(Receiver):
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         env = node_env(self.db.url, self.data_dir, self.port, self.nodelay)
+        env["BTT_DICOM_PROCESSES"] = str(self.processes)
         return [sys.executable, str(MANAGE_PY), self.command_name], env
 
     def count(self) -> int:
@@ -468,7 +471,8 @@ class NodeReceiver(Receiver):
     def notes(self) -> str:
         worker = ", with its Celery worker" if self.command_name == "serve" else ""
         return (
-            f"Our node: `python manage.py {self.command_name}`{worker}, PostgreSQL on the same machine "
+            f"Our node: `python manage.py {self.command_name}`{worker} with `BTT_DICOM_PROCESSES={self.processes}` "
+            "(SCP processes sharing the port), PostgreSQL on the same machine "
             "(a fresh copy of a migrated database for each measurement), `BTT_DATA_DIR` on the same disk."
         )
 
@@ -819,6 +823,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how our node runs: the DICOM listener alone, or the whole stack (with its worker)",
     )
     parser.add_argument(
+        "--node-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="BTT_DICOM_PROCESSES of our node: SCP processes sharing its port (one per core, as the "
+        "README advises for PostgreSQL)",
+    )
+    parser.add_argument(
         "--storescp-fork",
         action="store_true",
         help="run storescp with --fork (one process per association) instead of its single-process default",
@@ -895,7 +906,7 @@ def make_receiver(name: str, args: argparse.Namespace, workdir: Path, db: Scratc
     receiver: Receiver
     if name == "node":
         assert db is not None
-        receiver = NodeReceiver(workdir, db, args.node_command)
+        receiver = NodeReceiver(workdir, db, args.node_command, args.node_processes)
     elif name == "orthanc":
         receiver = OrthancReceiver(workdir)
     else:
