@@ -58,15 +58,10 @@ from pynetdicom import (
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
-from integrations.dicom import reactor, scp_query, scp_store, services, tls
+from integrations.dicom import reactor, receive, scp_query, scp_store, services, tls
 from integrations.dicom.storage import get_instance_storage
 
 logger = logging.getLogger("integrations.dicom.scp")
-
-# Non-P-DATA PDUs (association request/accept/reject, release, abort) larger than this are
-# not DICOM: an A-ASSOCIATE-RQ with 128 contexts and user identity is well below it.
-MAX_CONTROL_PDU = 1024 * 1024
-_P_DATA_TF = 0x04
 
 # SOP classes of each Query/Retrieve operation, for the association-time permission check.
 _QR_OPERATIONS = {
@@ -208,7 +203,7 @@ def build_ae() -> AE:
 def on_conn_open(event: Event) -> None:
     """A peer connected: guard its PDU sizes and clean up after its association thread."""
     assoc = event.assoc
-    assoc.dul._read_pdu_data = types.MethodType(_guarded_read_pdu_data, assoc.dul)
+    assoc.dul._read_pdu_data = types.MethodType(receive.read_pdu, assoc.dul)
     reactor.attach(assoc)
     assoc.btt_stats = {"stored": 0, "failed": 0}
     run = assoc.run
@@ -353,83 +348,6 @@ def _discard_partial_dataset(assoc: Any) -> None:
     with contextlib.suppress(OSError):
         os.unlink(partial.name)
     logger.info("discarded a partly received data set from %s", str(assoc.requestor.ae_title).strip())
-
-
-def _guarded_read_pdu_data(self: Any) -> None:
-    """pynetdicom 3.0's `DULServiceProvider._read_pdu_data`, refusing oversized PDUs.
-
-    pynetdicom reads whatever length a PDU header announces, so one forged header could make it
-    buffer gigabytes. This reads the 6-byte header first and aborts the association (Evt19:
-    invalid PDU, A-ABORT to the peer) when a P-DATA-TF PDU exceeds the maximum length this node
-    offered (`BTT_DICOM_MAX_PDU`, PS3.8 D.1) or another PDU exceeds `MAX_CONTROL_PDU`.
-    """
-    dul = self
-    if getattr(dul, "btt_refused", False):
-        # A PDU was refused and A-ABORT sent: discard what else the peer sends and end the
-        # connection now, instead of answering every further byte until the ARTIM timer fires.
-        with contextlib.suppress(OSError):
-            dul.socket.socket.recv(65536)
-        dul.event_queue.put("Evt17")
-        return
-    bytestream = bytearray()
-    try:
-        bytestream.extend(dul.socket.recv(6))
-    except (OSError, TimeoutError):
-        dul.event_queue.put("Evt17")  # transport connection closed
-        return
-    try:
-        pdu_type, _, pdu_length = struct.unpack(">BBL", bytestream)
-    except struct.error:
-        dul.event_queue.put("Evt17")
-        return
-    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
-        logger.warning(
-            "unknown PDU type 0x%02X from %s: aborting the association", pdu_type, dul.assoc.requestor.address
-        )
-        dul.btt_refused = True
-        dul.event_queue.put("Evt19")
-        return
-    limit = (dul.assoc.acceptor.maximum_length or 0) if pdu_type == _P_DATA_TF else MAX_CONTROL_PDU
-    if limit and pdu_length > limit:
-        logger.warning(
-            "PDU of %d bytes (type 0x%02X) from %s exceeds the %d this node accepts: aborting the association",
-            pdu_length,
-            pdu_type,
-            dul.assoc.requestor.address,
-            limit,
-        )
-        dul.btt_refused = True
-        dul.event_queue.put("Evt19")
-        return
-    # Read the rest straight into one buffer (pynetdicom reads in 4 KiB pieces, a Python loop
-    # iteration each: 32 per 128 KiB PDU).
-    total = 6 + pdu_length
-    bytestream.extend(bytes(pdu_length))
-    view = memoryview(bytestream)
-    received = 6
-    try:
-        raw = dul.socket.socket
-        while received < total:
-            count = raw.recv_into(view[received:], min(total - received, 1 << 20))
-            if not count:
-                break
-            received += count
-    except (OSError, TimeoutError, AttributeError):
-        pass
-    finally:
-        view.release()
-    if received != total:
-        logger.warning("connection closed in the middle of a PDU (%d of %d bytes)", received, total)
-        dul.event_queue.put("Evt17")
-        return
-    try:
-        pdu, event = dul._decode_pdu(bytestream)
-        dul.event_queue.put(event)
-    except Exception as exc:
-        logger.warning("undecodable PDU from the peer (%s): aborting the association", exc)
-        dul.event_queue.put("Evt19")
-        return
-    dul._recv_pdu.put(pdu)
 
 
 # --- Listeners ------------------------------------------------------------------------------------
