@@ -118,7 +118,11 @@ class Instance(models.Model):
     tags = models.JSONField(default=dict)
 
     class Meta:
-        indexes = [models.Index(fields=["series", "instance_number"], name="dicom_instance_order")]
+        indexes = [
+            models.Index(fields=["series", "instance_number"], name="dicom_instance_order"),
+            # The storage check (`services.check_storage`) asks which stored files are indexed.
+            models.Index(fields=["storage_key"], name="dicom_instance_storage_key"),
+        ]
 
     def __str__(self) -> str:
         return self.sop_instance_uid

@@ -44,7 +44,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -1033,6 +1033,61 @@ def peer_permissions(calling_ae: str) -> PeerPermissions:
         allowed = settings.BTT_DICOM_ALLOW_UNKNOWN_AE
         return PeerPermissions(title, False, allowed, allowed, allowed, allowed)
     return PeerPermissions(title, True, peer.allow_store, peer.allow_find, peer.allow_move, peer.allow_get)
+
+
+@dataclass
+class StorageCheck:
+    """What `check_storage` found: stored files no index row names (`orphans`, removed when
+    asked: `removed`), and index rows whose file is gone (`missing`, SOP Instance UIDs)."""
+
+    files: int = 0
+    orphans: list[str] = field(default_factory=list)
+    removed: int = 0
+    missing: list[str] = field(default_factory=list)
+
+
+def check_storage(*, remove_orphans: bool = False, min_age_seconds: float = 3600.0) -> StorageCheck:
+    """Compare the instance storage with the index.
+
+    A file is placed before its index row is committed, and a replaced instance's old file is
+    removed after the commit: a crash between the two leaves a file no row names. Those older than
+    `min_age_seconds` (so nothing being stored right now) are orphans, removed with
+    `remove_orphans` (each checked once more just before). Rows whose file is gone are reported,
+    never changed: that needs a person (restore the file, or delete the instance)."""
+    storage = get_instance_storage()
+    result = StorageCheck()
+    cutoff = timezone.now().timestamp() - min_age_seconds
+    batch: list[str] = []
+
+    def settle(keys: list[str]) -> None:
+        indexed = set(Instance.objects.filter(storage_key__in=keys).values_list("storage_key", flat=True))
+        for key in keys:
+            if key in indexed:
+                continue
+            result.orphans.append(key)
+            if remove_orphans and not Instance.objects.filter(storage_key=key).exists():
+                storage.delete(key)
+                result.removed += 1
+
+    for key, modified in storage.iter_keys():
+        result.files += 1
+        if modified < cutoff:
+            batch.append(key)
+        if len(batch) >= 1000:
+            settle(batch)
+            batch = []
+    if batch:
+        settle(batch)
+    for uid, key in Instance.objects.values_list("sop_instance_uid", "storage_key").iterator(chunk_size=2000):
+        if not storage.exists(key):
+            result.missing.append(uid)
+    if result.orphans:
+        logger.warning(
+            "storage check: %d file(s) not in the index%s",
+            len(result.orphans),
+            f", {result.removed} removed" if remove_orphans else "",
+        )
+    return result
 
 
 def cleanup_staging(max_age_seconds: float = 3600.0) -> int:

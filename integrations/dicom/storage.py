@@ -29,6 +29,7 @@ import os
 import secrets
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -72,6 +73,9 @@ class InstanceStorage(Protocol):
 
     def size(self, key: str) -> int:
         """Size of the stored file in bytes."""
+
+    def iter_keys(self) -> Iterator[tuple[str, float]]:
+        """Every stored file as (key, modification time as a POSIX timestamp), in no order."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -234,6 +238,24 @@ class FileSystemStorage:
 
     def size(self, key: str) -> int:
         return self._path(key).stat().st_size
+
+    def iter_keys(self) -> Iterator[tuple[str, float]]:
+        if not self.root.is_dir():
+            return
+        for first in _subfolders(self.root):
+            if first.name == self._incoming.name:
+                continue
+            for second in _subfolders(Path(first.path)):
+                with os.scandir(second.path) as files:
+                    for entry in files:
+                        if entry.is_file() and entry.name.endswith(".dcm"):
+                            with contextlib.suppress(FileNotFoundError):
+                                yield f"{first.name}/{second.name}/{entry.name}", entry.stat().st_mtime
+
+
+def _subfolders(path: Path) -> list[os.DirEntry]:
+    with os.scandir(path) as entries:
+        return [entry for entry in entries if entry.is_dir()]
 
 
 _storage: InstanceStorage | None = None
