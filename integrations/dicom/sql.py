@@ -1,11 +1,36 @@
-"""SQL building blocks for DICOM matching that Django lacks, shared by C-FIND (`query.py`) and
-QIDO-RS (`dicomweb/qido.py`): DICOM wildcard matching (`*`, `?`) and text extraction from the DICOM
-JSON `tags` columns. PostgreSQL and SQLite."""
+"""SQL building blocks for DICOM matching that Django lacks, used by `matching.py` (the rules C-FIND
+and QIDO-RS share): DICOM wildcards (`*`, `?`) as LIKE / GLOB patterns, case folding of person
+names, and reading the values of an attribute out of a DICOM JSON `tags` column. PostgreSQL and
+SQLite.
+
+Case folding must agree between the two databases: PostgreSQL's `lower()` / `ILIKE` fold every
+Unicode letter, SQLite's `LIKE` / `lower()` only ASCII ones (`MÜLLER*` would not find `Müller`).
+So every SQLite connection gets `btt_fold(text)`, Python's own `str.lower` as a deterministic SQL
+function (`register_sqlite_functions`, connected to `connection_created` by the app config), and
+folded comparisons on SQLite go through it.
+"""
 
 from __future__ import annotations
 
-from django.db import NotSupportedError
-from django.db.models import BooleanField, F, Func, Lookup, TextField
+from typing import Any
+
+SQLITE_FOLD_FUNCTION = "btt_fold"
+
+
+def fold_case(text: str) -> str:
+    """Case-fold a person name for comparison; per character, like PostgreSQL's `lower()`
+    (`str.casefold` would turn `ß` into `ss`, which `?` wildcards would then count as two)."""
+    return text.lower()
+
+
+def _sqlite_fold(value: Any) -> Any:
+    return fold_case(value) if isinstance(value, str) else value
+
+
+def register_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """`connection_created` receiver: add `btt_fold` to each new SQLite connection."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_function(SQLITE_FOLD_FUNCTION, 1, _sqlite_fold, deterministic=True)
 
 
 def like_pattern(value: str) -> str:
@@ -23,59 +48,70 @@ def has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
 
 
-class DicomWildcard(Lookup):
-    """`lhs` matches the DICOM wildcard value `rhs` (PS3.4 C.2.2.2.4); optionally case-insensitive.
-
-    Used as an expression: `queryset.filter(DicomWildcard(F("col"), "Doe*", case_insensitive=True))`.
-    """
-
-    lookup_name = "dicom_wildcard"
-    prepare_rhs = False
-
-    def __init__(self, lhs, rhs: str, case_insensitive: bool = False) -> None:
-        self.case_insensitive = case_insensitive
-        super().__init__(lhs, rhs)
-
-    @property
-    def output_field(self):
-        return BooleanField()
-
-    def as_sql(self, compiler, connection):
-        lhs_sql, lhs_params = compiler.compile(self.lhs)
-        params = list(lhs_params)
-        if connection.vendor == "postgresql":
-            operator = "ILIKE" if self.case_insensitive else "LIKE"
-            return f"{lhs_sql} {operator} %s ESCAPE '\\'", [*params, like_pattern(self.rhs)]
-        if connection.vendor == "sqlite":
-            if self.case_insensitive:  # SQLite's LIKE ignores ASCII case
-                return f"{lhs_sql} LIKE %s ESCAPE '\\'", [*params, like_pattern(self.rhs)]
-            return f"{lhs_sql} GLOB %s", [*params, glob_pattern(self.rhs)]
-        if self.case_insensitive:
-            return f"UPPER({lhs_sql}) LIKE UPPER(%s) ESCAPE '\\'", [*params, like_pattern(self.rhs)]
-        return f"{lhs_sql} LIKE %s ESCAPE '\\'", [*params, like_pattern(self.rhs)]
+def wildcard_sql(column: str, value: str, vendor: str, *, fold: bool) -> tuple[str, list]:
+    """`column` matches the DICOM wildcard value `value` (PS3.4 C.2.2.2.4); `fold`: ignoring case."""
+    if vendor == "sqlite":
+        if fold:
+            return f"{SQLITE_FOLD_FUNCTION}({column}) GLOB %s", [glob_pattern(fold_case(value))]
+        return f"{column} GLOB %s", [glob_pattern(value)]
+    operator = "ILIKE" if fold and vendor == "postgresql" else "LIKE"
+    if fold and vendor != "postgresql":
+        return f"UPPER({column}) LIKE UPPER(%s) ESCAPE '\\'", [like_pattern(value)]
+    return f"{column} {operator} %s ESCAPE '\\'", [like_pattern(value)]
 
 
-class JsonText(Func):
-    """The text at `path` inside a JSON column (`tags`), NULL where the path does not exist.
+def folded_equal_sql(column: str, value: str, vendor: str) -> tuple[str, list]:
+    """`column` equals `value`, ignoring case."""
+    if vendor == "sqlite":
+        return f"{SQLITE_FOLD_FUNCTION}({column}) = %s", [fold_case(value)]
+    return f"lower({column}) = lower(%s)", [value]
 
-    `path` items are object keys (str) or array indexes (int), e.g.
-    `("00100010", "Value", 0, "Alphabetic")`.
-    """
 
-    output_field = TextField()
+# --- DICOM JSON ---------------------------------------------------------------------------------------
+# An attribute's values are read as a set of rows: `json_elements` is a FROM item giving one row
+# per value of the attribute `tag` of the DICOM JSON object `source` (none when it is absent),
+# `json_value` the SQL of one such value, `json_item` a sequence item as the `source` of its own
+# attributes. `source` is the `tags` column, or an item of an enclosing sequence.
 
-    def __init__(self, field: str, path: tuple[str | int, ...]) -> None:
-        super().__init__(F(field))
-        self.path = path
 
-    def as_postgresql(self, compiler, connection, **extra):
-        lhs, params = compiler.compile(self.source_expressions[0])
-        return f"({lhs} #>> %s::text[])", [*params, [str(key) for key in self.path]]
+def json_elements(source: str, tag: str, alias: str, vendor: str) -> tuple[str, list]:
+    if vendor == "postgresql":
+        values = f"({source}) -> %s -> 'Value'"
+        # Values are arrays in DICOM JSON; anything else yields no rows instead of an error.
+        return (
+            f"jsonb_array_elements(CASE WHEN jsonb_typeof({values}) = 'array' THEN {values} END) AS {alias}(v)",
+            [tag, tag],
+        )
+    if vendor == "sqlite":
+        return f"json_each({source}, %s) AS {alias}", [f'$."{tag}".Value']
+    raise NotImplementedError(f"DICOM JSON matching is not implemented for {vendor}")
 
-    def as_sqlite(self, compiler, connection, **extra):
-        lhs, params = compiler.compile(self.source_expressions[0])
-        json_path = "$" + "".join(f"[{key}]" if isinstance(key, int) else f'."{key}"' for key in self.path)
-        return f"CAST(json_extract({lhs}, %s) AS TEXT)", [*params, json_path]
 
-    def as_sql(self, compiler, connection, **extra):
-        raise NotSupportedError(f"DICOM JSON matching is not implemented for {connection.vendor}")
+def json_item(alias: str, vendor: str) -> str:
+    if vendor == "postgresql":
+        return f"{alias}.v"
+    # NULL unless the value is an object: json_each(NULL) yields no rows, a string would not parse.
+    return f"(CASE WHEN {alias}.type = 'object' THEN {alias}.value END)"
+
+
+def json_value(alias: str, vendor: str, *, number: bool = False, person_name: bool = False) -> str:
+    """The SQL of one value: text; a number for `number` (NULL for anything else); for
+    `person_name` the component groups joined by `=` as a PN is written (`Doe^John=...`)."""
+    if vendor == "postgresql":
+        if number:
+            return f"(CASE WHEN jsonb_typeof({alias}.v) = 'number' THEN ({alias}.v #>> '{{}}')::numeric END)"
+        if person_name:
+            groups = ", ".join(f"coalesce({alias}.v ->> '{group}', '')" for group in _PN_GROUPS)
+            return f"rtrim(concat_ws('=', {groups}), '=')"
+        return f"({alias}.v #>> '{{}}')"
+    if number:
+        return f"(CASE WHEN {alias}.type IN ('integer', 'real') THEN {alias}.value END)"
+    if person_name:
+        groups = " || '=' || ".join(
+            f"coalesce(json_extract({alias}.value, '$.{group}'), '')" for group in _PN_GROUPS
+        )
+        return f"(CASE WHEN {alias}.type = 'object' THEN rtrim({groups}, '=') ELSE {alias}.value END)"
+    return f"{alias}.value"
+
+
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")

@@ -83,6 +83,7 @@ def test_all_series_carry_their_study_attributes(api_client, cat):
         # A sequence attribute, by keyword path or tag path (matched in the first item)
         ("RequestAttributesSequence.ScheduledProcedureStepID=SPS1", ["a1"]),
         ("00400275.00401001=RP*", ["a1"]),
+        ('InstitutionName=""', ["a2", "b1", "c1"]),  # empty value matching: series without one
     ],
 )
 def test_matching_across_studies(api_client, cat, query, expected):

@@ -93,6 +93,9 @@ def test_all_studies_newest_first_with_the_default_attributes(api_client, cat):
         ("PatientAge=050Y", ["a"]),  # no column: matched in the study's DICOM JSON
         ("PatientName=Doe*&StudyDate=20201201-", ["b"]),
         ("PatientName=&AccessionNumber=ACC3", ["c"]),  # universal matching
+        ('ReferringPhysicianName=""', ["c", "b"]),  # empty value matching: studies without one
+        ('PatientAge=""', ["c", "b"]),  # the same in the study's DICOM JSON
+        ('ReferringPhysicianName=""\\house*', ["c", "b", "a"]),  # in a list: one alternative of two
         ("PatientName=Nobody", []),
     ],
 )

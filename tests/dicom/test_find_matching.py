@@ -225,6 +225,29 @@ def test_patient_root_study_level_needs_the_patient_id() -> None:
     assert values(results, "StudyInstanceUID") == [uid("study-c")]
 
 
+def test_value_lists_of_names_dates_and_times() -> None:
+    """A backslash list: any value may match, each by its own kind of matching."""
+    assert values(
+        run("PATIENT", PATIENT_ROOT, PatientID="", PatientName=["doe^john", "MÜLLER*"]), "PatientID"
+    ) == ["PAT001", "PAT003"]
+    a, b, c, d = uid("study-a"), uid("study-b"), uid("study-c"), uid("study-d")
+
+    def studies(**keys: object) -> list[str]:
+        return values(run("STUDY", StudyInstanceUID="", **keys), "StudyInstanceUID")
+
+    assert studies(StudyDate=["20190301", "20201231"]) == sorted([c, d])
+    assert studies(StudyDate=["20190301", "2021-"]) == sorted([b, d])  # a single date next to a range
+    # A single time is the period it names: 1015 is 10:15:00 to 10:15:59.999999.
+    assert studies(StudyTime=["1015", "0800"]) == sorted([a, d])
+
+
+def test_a_multi_valued_attribute_matches_on_any_of_its_values() -> None:
+    series = {"StudyInstanceUID": uid("study-a"), "SeriesInstanceUID": uid("study-a/a-ct")}
+    # Image Type is ORIGINAL\PRIMARY\AXIAL: its third value matches.
+    assert len(run("IMAGE", SOPInstanceUID="", ImageType="AXIAL", **series)) == 3
+    assert run("IMAGE", SOPInstanceUID="", ImageType="LOCALIZER", **series) == []
+
+
 # --- SERIES and IMAGE levels ------------------------------------------------------------------------
 
 

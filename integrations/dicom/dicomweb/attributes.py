@@ -1,61 +1,18 @@
-"""DICOM attributes as DICOMweb names them: keyword or tag resolution, the index columns each
-matchable attribute lives in, and the default return attributes of each query level
-(PS3.18 Table 10.6.3-3, formerly 6.7.1-2a)."""
+"""DICOM attributes as DICOMweb names them: keyword or tag resolution and the default return
+attributes of each query level (PS3.18 Table 10.6.3-3, formerly 6.7.1-2a). Which attributes have
+index columns, and how every attribute is matched, is `integrations/dicom/matching.py` (shared
+with C-FIND)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from integrations.dicom import matching
 from integrations.dicom.dicomweb.errors import bad_request
 
-PATIENT, STUDY, SERIES, INSTANCE = 0, 1, 2, 3
-LEVEL_NAMES = {PATIENT: "PATIENT", STUDY: "STUDY", SERIES: "SERIES", INSTANCE: "IMAGE"}
-
-# How a value of each kind of indexed column is matched (PS3.4 C.2.2.2).
-UID, DATE, TIME, PN, TEXT, INT, MODALITIES = "uid", "date", "time", "pn", "text", "int", "modalities"
-
-
-@dataclass(frozen=True)
-class Column:
-    """An attribute kept as a column of the index: its level, column name and matching kind."""
-
-    level: int
-    column: str
-    kind: str
-
-
-COLUMNS: dict[str, Column] = {
-    # Patient
-    "00100010": Column(PATIENT, "patient_name", PN),
-    "00100020": Column(PATIENT, "patient_id", TEXT),
-    "00100021": Column(PATIENT, "issuer", TEXT),
-    "00100030": Column(PATIENT, "birth_date", DATE),
-    "00100040": Column(PATIENT, "sex", TEXT),
-    # Study
-    "0020000D": Column(STUDY, "study_instance_uid", UID),
-    "00080020": Column(STUDY, "study_date", DATE),
-    "00080030": Column(STUDY, "study_time", TIME),
-    "00080050": Column(STUDY, "accession_number", TEXT),
-    "00200010": Column(STUDY, "study_id", TEXT),
-    "00081030": Column(STUDY, "study_description", TEXT),
-    "00080090": Column(STUDY, "referring_physician_name", PN),
-    "00080061": Column(STUDY, "modalities_in_study", MODALITIES),
-    "00201206": Column(STUDY, "number_of_series", INT),
-    "00201208": Column(STUDY, "number_of_instances", INT),
-    # Series
-    "0020000E": Column(SERIES, "series_instance_uid", UID),
-    "00080060": Column(SERIES, "modality", TEXT),
-    "00200011": Column(SERIES, "series_number", INT),
-    "0008103E": Column(SERIES, "series_description", TEXT),
-    "00180015": Column(SERIES, "body_part_examined", TEXT),
-    "00201209": Column(SERIES, "number_of_instances", INT),
-    # Instance
-    "00080018": Column(INSTANCE, "sop_instance_uid", UID),
-    "00080016": Column(INSTANCE, "sop_class_uid", UID),
-    "00200013": Column(INSTANCE, "instance_number", INT),
-}
+# The query levels, as the matching rules C-FIND and QIDO-RS share name them (`matching.py`, which
+# also holds the attributes kept as index columns); DICOMweb's instance level is C-FIND's IMAGE.
+PATIENT, STUDY, SERIES, INSTANCE = matching.PATIENT, matching.STUDY, matching.SERIES, matching.IMAGE
 
 SPECIFIC_CHARACTER_SET = "00080005"
 RETRIEVE_URL = "00081190"

@@ -1,12 +1,14 @@
 """QIDO-RS: search the Patient / Study / Series / Instance index (PS3.18 10.6).
 
-Matching runs in SQL over the index: the indexed columns for the attributes PS3.18 requires
-(and a few more, see `attributes.COLUMNS`), the DICOM JSON `tags` columns for any other attribute
-(a sequence attribute through its first item). Files are never read. Matching follows PS3.4
-C.2.2.2: single value (case-insensitive for person names), wildcards `*` and `?` (SQL LIKE), UID
-lists (`,` or `\\` separated), date and time ranges (`20200101-20201231`, `-20201231`,
-`20200101-`), value lists (`\\`) for other attributes, and universal matching (an empty value,
-which only asks for the attribute to be returned).
+Matching runs in SQL over the index with the rules C-FIND uses too (`integrations/dicom/matching.py`,
+PS3.4 C.2.2.2): the indexed columns for the attributes PS3.18 requires (and a few more), the
+DICOM JSON `tags` columns for any other attribute, sequence attributes by dotted paths
+(`RequestAttributesSequence.ScheduledProcedureStepID`: some item matches). Files are never read.
+Single values (case-insensitive for person names), wildcards `*` and `?`, UID and modality lists
+(`,` or `\\` separated), value lists (`\\`) for other attributes, date, time and date-time ranges
+(`20200101-20201231`, `-20201231`, `20200101-`), `""` for attributes without a value, and
+universal matching (an empty value, which only asks for the attribute to be returned). What is
+specific to QIDO-RS stays here: the parameters, `,` lists, 400s naming the parameter.
 """
 
 from __future__ import annotations
@@ -16,21 +18,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
-from django.db.models.lookups import Exact, GreaterThanOrEqual, IExact, LessThanOrEqual
+from django.db.models import Count, Q, QuerySet
 
+from integrations.dicom import matching
 from integrations.dicom.dicomweb import attributes as attrs
-from integrations.dicom.dicomweb.attributes import (
-    COLUMNS,
-    INSTANCE,
-    PATIENT,
-    SERIES,
-    STUDY,
-    Column,
-)
+from integrations.dicom.dicomweb.attributes import INSTANCE, PATIENT, SERIES, STUDY
 from integrations.dicom.dicomweb.errors import bad_request, not_found
+from integrations.dicom.matching import MatchError
 from integrations.dicom.models import Instance, Series, Study
-from integrations.dicom.sql import DicomWildcard, JsonText, has_wildcard
 
 # Query parameters that are not attribute matching keys.
 CONTROL_PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield", "accept", "charset"})
@@ -39,21 +34,6 @@ FUZZY_WARNING = (
     "The fuzzymatching parameter is not supported. Only literal matching has been performed "
     "(person names match case-insensitively)."
 )
-
-_DATE = re.compile(r"^\d{8}$")
-_TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
-
-# The path from each target model to each level above it (Django lookups).
-PREFIXES: dict[int, dict[int, str]] = {
-    STUDY: {PATIENT: "patient__", STUDY: ""},
-    SERIES: {PATIENT: "study__patient__", STUDY: "study__", SERIES: ""},
-    INSTANCE: {
-        PATIENT: "series__study__patient__",
-        STUDY: "series__study__",
-        SERIES: "series__",
-        INSTANCE: "",
-    },
-}
 
 
 def max_results() -> int:
@@ -64,7 +44,7 @@ def max_results() -> int:
 class SearchRequest:
     """One QIDO-RS search: the target level, the URL's study/series, the query parameters."""
 
-    level: int
+    level: str  # attributes.STUDY, SERIES or INSTANCE
     params: list[tuple[str, str]]
     base_url: str
     study_uid: str | None = None
@@ -131,7 +111,8 @@ def _parse(request: SearchRequest) -> _Parsed:
         else:
             path = attrs.resolve_path(key)
             if path in seen and seen[path] != value:
-                if path[-1] in COLUMNS and COLUMNS[path[-1]].kind == attrs.UID and len(path) == 1:
+                attribute = _indexed(path[0]) if len(path) == 1 else None
+                if attribute is not None and attribute.kind == matching.UID:
                     value = seen[path] + "," + value  # StudyInstanceUID=a&StudyInstanceUID=b: a list
                 else:
                     raise bad_request(f"the query key {key!r} is given more than once")
@@ -147,122 +128,51 @@ def _parse(request: SearchRequest) -> _Parsed:
 # --- Matching ---------------------------------------------------------------------------------
 
 
+def _indexed(tag: str) -> matching.IndexedAttribute | None:
+    return matching.INDEXED_BY_TAG.get(int(tag, 16))
+
+
 def _split_values(value: str, kind: str) -> list[str]:
-    separators = r"[\\,]" if kind in (attrs.UID, attrs.MODALITIES) else r"\\"
+    """A parameter's values: `\\`-separated, and `,` for UIDs and modalities too (as PS3.18 allows)."""
+    separators = r"[\\,]" if kind in (matching.UID, matching.MODALITIES) else r"\\"
     return [item.strip() for item in re.split(separators, value) if item.strip()]
 
 
-def _range(lhs, value: str, key: str, vr: str) -> Q:
-    low, _, high = value.partition("-")
-    low, high = low.strip(), high.strip()
-    if not low and not high:
-        raise bad_request(f"{key}={value!r} is not a range: give a lower bound, an upper bound or both")
-    for bound in filter(None, (low, high)):
-        _check_value(bound, key, vr)
-    condition = ~Q(Exact(lhs, ""))  # an empty value is in no range
-    if low:
-        condition &= Q(GreaterThanOrEqual(lhs, low))
-    if high:
-        # A partial time or date-time upper bound covers the whole period it names (1200 -> 12:00:59).
-        condition &= Q(LessThanOrEqual(lhs, high if vr == "DA" else high + "~"))
-    return condition
-
-
-def _check_value(value: str, key: str, vr: str) -> None:
-    if vr == "DA" and not _DATE.match(value):
-        raise bad_request(
-            f"{key}: {value!r} is not a DICOM date (YYYYMMDD) or date range (YYYYMMDD-YYYYMMDD)"
-        )
-    if vr == "TM" and not _TIME.match(value):
-        raise bad_request(f"{key}: {value!r} is not a DICOM time (HHMMSS) or time range (HHMMSS-HHMMSS)")
-
-
-def _match_values(lhs, values: list[str], key: str, vr: str, text_column: bool = True) -> Q:
-    """OR of the single-value / wildcard / range matches of `values` against the expression `lhs`."""
-    condition = Q()
-    for value in values:
-        if vr in ("DA", "TM", "DT") and "-" in value:
-            condition |= _range(lhs, value, key, vr)
-            continue
-        _check_value(value, key, vr)
-        if value == "*":
-            return Q()  # a lone '*' matches everything, empty values included
-        if text_column and has_wildcard(value):
-            condition |= Q(DicomWildcard(lhs, value, case_insensitive=vr == "PN"))
-        elif vr == "PN":
-            condition |= Q(IExact(lhs, value))
-        else:
-            condition |= Q(Exact(lhs, value))
-    return condition
-
-
-def _column_condition(level: int, column: Column, tag: str, value: str, key: str) -> Q:
-    prefix = PREFIXES[level][column.level]
-    lhs = F(prefix + column.column)
-    if column.kind == attrs.UID:
-        uids = _split_values(value, attrs.UID)
-        if uids == ["*"]:
-            return Q()
-        return Q(**{f"{prefix}{column.column}__in": uids})
-    if column.kind == attrs.INT:
-        numbers = []
-        for item in _split_values(value, attrs.INT):
-            try:
-                numbers.append(int(item))
-            except ValueError:
-                raise bad_request(f"{key}: {item!r} is not an integer") from None
-        return Q(**{f"{prefix}{column.column}__in": numbers})
-    if column.kind == attrs.MODALITIES:
-        modalities = _split_values(value, attrs.MODALITIES)
-        if "*" in modalities:
-            return Q()
-        series = Series.objects.filter(study_id=OuterRef(f"{prefix}id"))
-        series = series.filter(_match_values(F("modality"), modalities, key, "CS"))
-        return Q(Exists(series))
-    vr = {attrs.DATE: "DA", attrs.TIME: "TM", attrs.PN: "PN"}.get(column.kind, attrs.vr_of(tag))
-    return _match_values(lhs, _split_values(value, column.kind), key, vr)
-
-
-def _json_condition(level: int, path: tuple[str, ...], value: str, key: str) -> Q:
-    """Match an attribute that has no column in the `tags` JSON of every level up to `level`."""
-    json_path: list[str | int] = []
-    for tag in path:
-        json_path += [tag, "Value", 0]
-    vr = attrs.vr_of(path[-1])
-    if vr == "PN":
-        json_path.append("Alphabetic")
-    if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
-        raise bad_request(f"{key}: attributes of VR {vr} cannot be matched")
-    kind = attrs.UID if vr == "UI" else attrs.TEXT
-    values = _split_values(value, kind)
-    if not values:
-        return Q()
-    condition = Q()
-    for source_level, prefix in PREFIXES[level].items():
-        if source_level > level:
-            continue
-        lhs = JsonText(f"{prefix}tags", tuple(json_path))
-        condition |= _match_values(lhs, values, key, vr)
-    return condition
-
-
-def _condition(level: int, path: tuple[str, ...], value: str) -> Q | None:
+def _condition(level: str, path: tuple[str, ...], value: str) -> Q | None:
     key = ".".join(attrs.keyword_of(tag) for tag in path)
     if value.strip() == "":
         return None  # universal matching: return the attribute, match everything
     tag = path[0]
-    if len(path) == 1 and tag in COLUMNS:
-        column = COLUMNS[tag]
-        if column.level > level:
-            raise bad_request(
-                f"{key} is a {attrs.LEVEL_NAMES[column.level]}-level attribute; it cannot be matched in a "
-                f"{attrs.LEVEL_NAMES[level]}-level search"
-                + (" (use ModalitiesInStudy)" if tag == "00080060" else "")
-            )
-        return _column_condition(level, column, tag, value, key)
-    if tag in (attrs.RETRIEVE_URL, attrs.INSTANCE_AVAILABILITY, attrs.SPECIFIC_CHARACTER_SET):
+    attribute = _indexed(tag) if len(path) == 1 else None
+    if attribute is not None and matching.rank(attribute.level) > matching.rank(level):
+        raise bad_request(
+            f"{key} is a {attribute.level}-level attribute; it cannot be matched in a {level}-level search"
+            + (" (use ModalitiesInStudy)" if tag == "00080060" else "")
+        )
+    if attribute is None and tag in (
+        attrs.RETRIEVE_URL,
+        attrs.INSTANCE_AVAILABILITY,
+        attrs.SPECIFIC_CHARACTER_SET,
+    ):
         raise bad_request(f"{key} cannot be used as a matching key")
-    return _json_condition(level, path, value, key)
+    vr = attrs.vr_of(path[-1])
+    kind = attribute.kind if attribute is not None else matching.kind_of_vr(vr)
+    if kind in (matching.SEQUENCE, matching.UNMATCHABLE):
+        raise bad_request(f"{key}: attributes of VR {vr} cannot be matched")
+    try:
+        match = matching.parse(_split_values(value, kind), kind)
+    except MatchError as exc:
+        raise bad_request(f"{key}: {exc}") from None
+    if match is None:
+        return None
+    if attribute is not None:
+        return matching.attribute_condition(level, attribute, match)
+    # Not a column: the attribute in the DICOM JSON of the level and those above it; a dotted
+    # path matches in some item of each sequence on the way.
+    nested: matching.KeyMatch | matching.ItemMatch = match
+    for inner in reversed(path[1:]):
+        nested = matching.ItemMatch(((int(inner, 16), nested),))
+    return matching.json_condition(level, matching.ancestry(level), int(tag, 16), nested)
 
 
 # --- Results ----------------------------------------------------------------------------------
@@ -278,13 +188,14 @@ def _element(tag: str, value) -> dict:
     return {"vr": vr, "Value": values}
 
 
-def _fill_columns(merged: dict, obj, level: int) -> None:
+def _fill_columns(merged: dict, obj, level: str) -> None:
     """Add the attributes kept as columns of `obj` that its `tags` lack."""
-    for tag, column in COLUMNS.items():
-        if column.level != level or column.kind in (attrs.MODALITIES, attrs.INT):
+    for attribute in matching.INDEXED.values():
+        if attribute.level != level or attribute.kind in (matching.MODALITIES, matching.NUMBER):
             continue
+        tag = attrs.tag_hex(attribute.tag)
         if tag not in merged or "Value" not in merged[tag]:
-            value = getattr(obj, column.column, "")
+            value = getattr(obj, attribute.field, "")
             if value not in (None, ""):
                 merged[tag] = _element(tag, value)
     if level == SERIES and obj.series_number is not None and "Value" not in merged.get("00200011", {}):

@@ -143,7 +143,7 @@ def _negotiate_json(request: HttpRequest) -> None:
 
 
 def _search(
-    request: HttpRequest, level: int, study: str | None = None, series: str | None = None
+    request: HttpRequest, level: str, study: str | None = None, series: str | None = None
 ) -> HttpResponse:
     _negotiate_json(request)
     result = qido.search(
