@@ -227,6 +227,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "btt_health",  # the project's own management commands (serve, create_api_client) and tasks
     "btt_health.api_auth",
+    "btt_health.console",  # clinician viewer at /, users/organizations and status page in /admin/
     "integrations.fhir",
     "integrations.dicom",
     "integrations.hl7v2",
@@ -417,6 +418,17 @@ BTT_AI_RESULT_DESTINATIONS = env_list("BTT_AI_RESULT_DESTINATIONS", [])
 # With no routing rule at all (a fresh install), run every enabled, available model whose manifest
 # applies to the study (the demo model applies to CT). Once any rule exists, only rules route.
 BTT_AI_ROUTE_WITHOUT_RULES = env_bool("BTT_AI_ROUTE_WITHOUT_RULES", True)
+
+# --- Clinician viewer and admin console (btt_health/console/) ---------------------------------
+LOGIN_URL = "/login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login"
+# Seconds between the worklist's background refreshes (new studies, finished AI jobs).
+BTT_CONSOLE_POLL_SECONDS = env_int("BTT_CONSOLE_POLL_SECONDS", 5, minimum=1, maximum=3600)
+# Studies per worklist page.
+BTT_CONSOLE_PAGE_SIZE = env_int("BTT_CONSOLE_PAGE_SIZE", 25, minimum=1, maximum=500)
+# Seconds between a Celery worker's heartbeats and queue-depth samples (admin status page).
+BTT_WORKER_HEARTBEAT_SECONDS = env_int("BTT_WORKER_HEARTBEAT_SECONDS", 15, minimum=1, maximum=3600)
 
 # --- Static files served by whitenoise --------------------------------------------------------
 STATIC_URL = "static/"

@@ -42,6 +42,7 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v storescu >/dev/null 2>&1 && command -v echoscu >/dev/null 2>&1 || missing+=(dcmtk)  # DICOM peers of tests/dicom
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)  # a real PACS for tests/dicom (tests/dicom/orthanc.py runs its own)
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser tests/console drives (Playwright, headless)
 if [ ${#missing[@]} -gt 0 ]; then
   say "Installing system packages: ${missing[*]}"
   as_root apt-get update -q || die "apt-get update failed"
