@@ -58,7 +58,7 @@ from pynetdicom import (
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
-from integrations.dicom import reactor, receive, scp_query, scp_store, services, tls
+from integrations.dicom import reactor, receive, scp_query, scp_store, send, services, tls
 from integrations.dicom.storage import get_instance_storage
 
 logger = logging.getLogger("integrations.dicom.scp")
@@ -205,6 +205,7 @@ def on_conn_open(event: Event) -> None:
     assoc = event.assoc
     assoc.dul._read_pdu_data = types.MethodType(receive.read_pdu, assoc.dul)
     reactor.attach(assoc)
+    send.attach(assoc)
     assoc.btt_stats = {"stored": 0, "failed": 0}
     run = assoc.run
 
