@@ -22,6 +22,7 @@ deflated explicit VR little endian, and explicit VR little endian for every othe
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import struct
 import zlib
@@ -60,13 +61,25 @@ class MalformedDataset(Exception):
 
 @dataclass(frozen=True)
 class FileLayout:
-    """What the check learned: where the data set starts and the File Meta Information values."""
+    """What the check learned: where the data set starts and the File Meta Information values,
+    and, when asked for (`capture`), the encoded values of those top-level elements: tag -> (VR
+    as found, or None when implicit; the value's bytes). `captured` is None when they were not
+    asked for, or one of them could not be taken as is (an undefined length, a large value)."""
 
     dataset_offset: int
     file_size: int
     transfer_syntax_uid: str
     media_storage_sop_class_uid: str
     media_storage_sop_instance_uid: str
+    captured: dict[int, tuple[str | None, bytes]] | None = None
+
+    @property
+    def is_implicit_vr(self) -> bool:
+        return self.transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN
+
+    @property
+    def is_little_endian(self) -> bool:
+        return self.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN
 
 
 def tag_str(tag: int) -> str:
@@ -80,8 +93,10 @@ def vr_str(vr: bytes) -> str:
     return "0x" + vr.hex().upper()
 
 
-def check_part10_file(path: Path) -> FileLayout:
-    """Check the file at `path` (see the module docstring); return its layout or raise `MalformedDataset`."""
+def check_part10_file(path: Path, capture: frozenset[int] | None = None) -> FileLayout:
+    """Check the file at `path` (see the module docstring); return its layout or raise
+    `MalformedDataset`. With `capture`, the layout also holds the encoded values of those
+    top-level elements (`FileLayout.captured`)."""
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         if size < 132:
@@ -98,17 +113,19 @@ def check_part10_file(path: Path) -> FileLayout:
                     ) from None
                 if not inflater.eof:
                     raise MalformedDataset("truncated", "deflated data set ends before its end of stream")
-                _Walker(memoryview(data), implicit=False, little=True).walk_dataset(0, len(data), 0)
+                walker = _Walker(memoryview(data), implicit=False, little=True, capture=capture)
+                walker.walk_dataset(0, len(data), 0)
             else:
-                implicit = layout.transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN
-                little = layout.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN
                 view = memoryview(buffer)
+                walker = _Walker(
+                    view, implicit=layout.is_implicit_vr, little=layout.is_little_endian, capture=capture
+                )
                 try:
-                    _Walker(view, implicit=implicit, little=little).walk_dataset(
-                        layout.dataset_offset, size, 0
-                    )
+                    walker.walk_dataset(layout.dataset_offset, size, 0)
                 finally:
                     view.release()
+    if capture is not None and walker.captured is not None:
+        return dataclasses.replace(layout, captured=walker.captured)
     return layout
 
 
@@ -178,11 +195,19 @@ def _read_meta(buffer: mmap.mmap | bytes, size: int) -> FileLayout:
     )
 
 
+# A captured value larger than this makes the caller read the header the slow way instead.
+_CAPTURE_MAX = 64 * 1024
+
+
 class _Walker:
     """Walks element headers of one encoding over a buffer; see `check_part10_file`."""
 
-    def __init__(self, buffer: memoryview, *, implicit: bool, little: bool) -> None:
+    def __init__(
+        self, buffer: memoryview, *, implicit: bool, little: bool, capture: frozenset[int] | None = None
+    ) -> None:
         self.buffer = buffer
+        self.capture = capture or frozenset()
+        self.captured: dict[int, tuple[str | None, bytes]] | None = {} if capture is not None else None
         self.implicit = implicit
         self.prefix = "<" if little else ">"
         self.tag_format = struct.Struct(self.prefix + "HH")
@@ -232,6 +257,14 @@ class _Walker:
                 else:
                     (length,) = self.u16.unpack_from(self.buffer, offset + 6)
                     value = offset + 8
+            if depth == 0 and tag in self.capture and self.captured is not None:
+                if length == _UNDEFINED or length > _CAPTURE_MAX or value + length > end:
+                    self.captured = None  # not taken as is: the caller reads the header itself
+                else:
+                    self.captured[tag] = (
+                        vr.decode("ascii") if vr is not None else None,
+                        bytes(self.buffer[value : value + length]),
+                    )
             if length == _UNDEFINED:
                 if vr == b"SQ" or vr == b"UN" or (self.implicit and tag not in _PIXEL_DATA_TAGS):
                     # An undefined-length UN holds an implicit VR little endian sequence (PS3.5 6.2.2).

@@ -53,8 +53,10 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import Tag
 
 from integrations.dicom import study_complete
 from integrations.dicom.dataset_check import (
@@ -200,6 +202,7 @@ INSTANCE_TAGS = (
     0x0040A493,  # Verification Flag
 )
 _HEADER_TAGS = sorted(set(PATIENT_TAGS + STUDY_TAGS + SERIES_TAGS + INSTANCE_TAGS))
+_HEADER_TAG_SET = frozenset(_HEADER_TAGS)
 
 # PS3.5 9.1 allows digits and dots only; senders get that wrong (letters, leading zeros) and such
 # instances are still stored. What cannot be indexed is refused: over 64 characters, spaces,
@@ -305,7 +308,7 @@ class _Header:
 def read_header(path: Path) -> _Header:
     """Check the file and read the indexed attributes; raise `StoreRejected` for bad data."""
     try:
-        layout = check_part10_file(path)
+        layout = check_part10_file(path, capture=_HEADER_TAG_SET)
     except MalformedDataset as exc:
         status = CANNOT_UNDERSTAND_INVALID_VR if exc.kind == "invalid-vr" else CANNOT_UNDERSTAND
         raise StoreRejected(status, exc.message, tag=exc.tag) from None
@@ -313,10 +316,13 @@ def read_header(path: Path) -> _Header:
         raise StoreRejected(
             OUT_OF_RESOURCES, "out of resources: cannot read the received data", detail=str(exc)
         ) from exc
-    try:
-        dataset = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except Exception as exc:  # pydicom raises many types for unreadable data
-        raise StoreRejected(CANNOT_UNDERSTAND, f"unreadable data set: {exc}") from None
+    if layout.captured is not None:
+        dataset = _dataset_of(layout)
+    else:
+        try:
+            dataset = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        except Exception as exc:  # pydicom raises many types for unreadable data
+            raise StoreRejected(CANNOT_UNDERSTAND, f"unreadable data set: {exc}") from None
     uids = {}
     for tag, name in (
         (0x00080016, "SOP Class UID"),
@@ -343,6 +349,17 @@ def read_header(path: Path) -> _Header:
         study_instance_uid=uids[0x0020000D],
         series_instance_uid=uids[0x0020000E],
     )
+
+
+def _dataset_of(layout: FileLayout) -> Dataset:
+    """The indexed attributes the structural check captured, as a pydicom data set of raw
+    elements (converted on first use, as `dcmread` leaves them), without reading the file again."""
+    dataset = Dataset()
+    implicit, little = layout.is_implicit_vr, layout.is_little_endian
+    for tag, (vr, value) in layout.captured.items():
+        dataset[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, little)
+    dataset.set_original_encoding(implicit, little)
+    return dataset
 
 
 def _validate(

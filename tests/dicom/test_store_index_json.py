@@ -11,6 +11,7 @@ from pydicom import dcmread
 from pydicom.data import get_charset_files
 
 from integrations.dicom import services
+from integrations.dicom.dataset_check import check_part10_file
 from tests.dicom.conftest import pydicom_file
 
 FILES = [
@@ -73,3 +74,18 @@ def test_a_cached_value_is_not_shared_between_instances() -> None:
     first["00280030"]["Value"].append(99.0)
     second = services._json(dcmread(path, stop_before_pixels=True), [0x00280030])
     assert second["00280030"]["Value"] != first["00280030"]["Value"]
+
+
+@pytest.mark.parametrize("name", FILES + CHARSET_FILES)
+def test_the_header_captured_by_the_structural_check_reads_as_dcmread_does(name: str) -> None:
+    """`read_header` takes the indexed attributes from the structural walk of the file instead of
+    reading it again with pydicom (falling back to dcmread where it cannot): the same values."""
+    path = _path(name)
+    layout = check_part10_file(path, capture=services._HEADER_TAG_SET)
+    header = services.read_header(path).dataset
+    expected = dcmread(path, stop_before_pixels=True, specific_tags=services._HEADER_TAGS)
+    assert services._json(header, TAGS) == _pydicom_json(path)
+    for tag in services._HEADER_TAGS:
+        assert services._text(header, tag) == services._text(expected, tag), f"{tag:08X}"
+    if layout.captured is not None:
+        assert set(layout.captured) == {tag for tag in services._HEADER_TAGS if tag in expected}
