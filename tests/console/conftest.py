@@ -40,8 +40,11 @@ def screenshot_dir() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
+    """Chromium for one test module. Not for the whole session: Playwright's sync API keeps an
+    asyncio loop running in the test thread until it stops, which would break later tests that
+    run their own loop (fhirpy's async client)."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
