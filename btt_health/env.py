@@ -95,3 +95,16 @@ def env_path(name: str, default: Path) -> Path:
     """The variable as an absolute path (relative paths are taken from the working directory)."""
     value = _raw(name)
     return (Path(value) if value is not None else default).expanduser().resolve()
+
+
+def env_tls_files(prefix: str) -> tuple[str | None, str | None, str | None]:
+    """`<prefix>_TLS_CERT`, `<prefix>_TLS_KEY` and `<prefix>_TLS_CA` (PEM file paths): certificate
+    and key set together or not at all, each one set naming a readable file."""
+    names = (f"{prefix}_TLS_CERT", f"{prefix}_TLS_KEY", f"{prefix}_TLS_CA")
+    cert, key, ca = (env_optional_str(name) for name in names)
+    if (cert is None) != (key is None):
+        raise ImproperlyConfigured(f"{names[0]} and {names[1]} must be set together")
+    for name, value in zip(names, (cert, key, ca), strict=True):
+        if value is not None and not Path(value).is_file():
+            raise ImproperlyConfigured(f"{name} must name a readable file, got {value!r}")
+    return cert, key, ca

@@ -21,6 +21,7 @@ from btt_health.env import (
     env_optional_str,
     env_path,
     env_str,
+    env_tls_files,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -83,21 +84,12 @@ BTT_DICOM_ALLOW_UNKNOWN_AE = env_bool("BTT_DICOM_ALLOW_UNKNOWN_AE", True)
 BTT_DICOM_CHECK_CALLED_AET = env_bool("BTT_DICOM_CHECK_CALLED_AET", False)
 # DICOM TLS: a second listener on BTT_DICOM_TLS_PORT when certificate and key are both set;
 # with a CA, peers must present a certificate it signed (and the SCU verifies servers with it).
-BTT_DICOM_TLS_CERT = env_optional_str("BTT_DICOM_TLS_CERT")
-BTT_DICOM_TLS_KEY = env_optional_str("BTT_DICOM_TLS_KEY")
-BTT_DICOM_TLS_CA = env_optional_str("BTT_DICOM_TLS_CA")
+BTT_DICOM_TLS_CERT, BTT_DICOM_TLS_KEY, BTT_DICOM_TLS_CA = env_tls_files("BTT_DICOM")
 BTT_DICOM_TLS_PORT = env_int("BTT_DICOM_TLS_PORT", 2762, minimum=1, maximum=65535)
 # DICOMweb (integrations/dicom/dicomweb): the most QIDO-RS results one request returns, and the
 # base URL written into retrieve URLs (from the request when unset; set it behind a proxy).
 BTT_DICOMWEB_MAX_RESULTS = env_int("BTT_DICOMWEB_MAX_RESULTS", 5000, minimum=1, maximum=100000)
 BTT_DICOMWEB_BASE_URL = env_optional_str("BTT_DICOMWEB_BASE_URL")
-if (BTT_DICOM_TLS_CERT is None) != (BTT_DICOM_TLS_KEY is None):
-    raise ImproperlyConfigured("BTT_DICOM_TLS_CERT and BTT_DICOM_TLS_KEY must be set together")
-for _tls_setting in ("BTT_DICOM_TLS_CERT", "BTT_DICOM_TLS_KEY", "BTT_DICOM_TLS_CA"):
-    if globals()[_tls_setting] is not None and not Path(globals()[_tls_setting]).is_file():
-        raise ImproperlyConfigured(
-            f"{_tls_setting} must name a readable file, got {globals()[_tls_setting]!r}"
-        )
 
 # --- DICOM: study-complete detection and FHIR ImagingStudy upkeep -----------------------------
 # (integrations/dicom/study_complete.py, imaging_study.py, tasks.py; docs/architecture.md)
@@ -147,17 +139,8 @@ BTT_MLLP_MAX_CONNECTIONS = env_int("BTT_MLLP_MAX_CONNECTIONS", 64, minimum=1, ma
 BTT_MLLP_WORKERS = env_int("BTT_MLLP_WORKERS", 8, minimum=1, maximum=256)
 # MLLP over TLS: a second listener on BTT_MLLP_TLS_PORT when certificate and key are both set;
 # with a CA, clients must present a certificate it signed (and the sender verifies peers with it).
-BTT_MLLP_TLS_CERT = env_optional_str("BTT_MLLP_TLS_CERT")
-BTT_MLLP_TLS_KEY = env_optional_str("BTT_MLLP_TLS_KEY")
-BTT_MLLP_TLS_CA = env_optional_str("BTT_MLLP_TLS_CA")
+BTT_MLLP_TLS_CERT, BTT_MLLP_TLS_KEY, BTT_MLLP_TLS_CA = env_tls_files("BTT_MLLP")
 BTT_MLLP_TLS_PORT = env_int("BTT_MLLP_TLS_PORT", 2576, minimum=1, maximum=65535)
-if (BTT_MLLP_TLS_CERT is None) != (BTT_MLLP_TLS_KEY is None):
-    raise ImproperlyConfigured("BTT_MLLP_TLS_CERT and BTT_MLLP_TLS_KEY must be set together")
-for _tls_setting in ("BTT_MLLP_TLS_CERT", "BTT_MLLP_TLS_KEY", "BTT_MLLP_TLS_CA"):
-    if globals()[_tls_setting] is not None and not Path(globals()[_tls_setting]).is_file():
-        raise ImproperlyConfigured(
-            f"{_tls_setting} must name a readable file, got {globals()[_tls_setting]!r}"
-        )
 # Our MSH-3 / MSH-4 on ACKs and outbound messages.
 BTT_HL7_APPLICATION = env_str("BTT_HL7_APPLICATION", "BTTHEALTH")
 BTT_HL7_FACILITY = env_str("BTT_HL7_FACILITY", "BTTHEALTH")

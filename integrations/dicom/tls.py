@@ -10,7 +10,7 @@
   asked (peers are often addressed by IP and their certificates lack it). Use it with
   pynetdicom as `ae.associate(host, port, ae_title=..., tls_args=(client_context(), host))`.
 
-TLS 1.2 is the minimum, as BCP 195 asks.
+Both come from `btt_health/tls.py` (TLS 1.2 at least).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import ssl
 
 from django.conf import settings
+
+from btt_health import tls
 
 
 def tls_enabled() -> bool:
@@ -27,25 +29,16 @@ def tls_enabled() -> bool:
 
 def server_context() -> ssl.SSLContext | None:
     """The SCP's SSL context, or None when TLS is not configured."""
-    if not tls_enabled():
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.BTT_DICOM_TLS_CERT, settings.BTT_DICOM_TLS_KEY)
-    if settings.BTT_DICOM_TLS_CA:
-        context.load_verify_locations(cafile=settings.BTT_DICOM_TLS_CA)
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return tls.server_context(
+        settings.BTT_DICOM_TLS_CERT, settings.BTT_DICOM_TLS_KEY, settings.BTT_DICOM_TLS_CA
+    )
 
 
 def client_context(*, check_hostname: bool = False) -> ssl.SSLContext:
     """An SSL context for connecting to a peer's TLS port (see the module docstring)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.BTT_DICOM_TLS_CA)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = check_hostname
-    context.verify_mode = ssl.CERT_REQUIRED
-    if tls_enabled():
-        context.load_cert_chain(settings.BTT_DICOM_TLS_CERT, settings.BTT_DICOM_TLS_KEY)
-    return context
+    return tls.client_context(
+        settings.BTT_DICOM_TLS_CERT,
+        settings.BTT_DICOM_TLS_KEY,
+        settings.BTT_DICOM_TLS_CA,
+        check_hostname=check_hostname,
+    )

@@ -7,7 +7,7 @@
   destination against `BTT_MLLP_TLS_CA` (the system's CAs when unset), presents our certificate
   when one is configured; host names are not checked (destinations are often addressed by IP).
 
-TLS 1.2 is the minimum.
+Both come from `btt_health/tls.py` (TLS 1.2 at least).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import ssl
 
 from django.conf import settings
 
+from btt_health import tls
+
 
 def tls_enabled() -> bool:
     """Whether a certificate and key are configured, so the TLS listener runs."""
@@ -23,24 +25,10 @@ def tls_enabled() -> bool:
 
 
 def server_context() -> ssl.SSLContext | None:
-    if not tls_enabled():
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.BTT_MLLP_TLS_CERT, settings.BTT_MLLP_TLS_KEY)
-    if settings.BTT_MLLP_TLS_CA:
-        context.load_verify_locations(cafile=settings.BTT_MLLP_TLS_CA)
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    """The listener's SSL context, or None when TLS is not configured."""
+    return tls.server_context(settings.BTT_MLLP_TLS_CERT, settings.BTT_MLLP_TLS_KEY, settings.BTT_MLLP_TLS_CA)
 
 
 def client_context() -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.BTT_MLLP_TLS_CA)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_REQUIRED
-    if tls_enabled():
-        context.load_cert_chain(settings.BTT_MLLP_TLS_CERT, settings.BTT_MLLP_TLS_KEY)
-    return context
+    """An SSL context for the ORU sender's TLS connections (see the module docstring)."""
+    return tls.client_context(settings.BTT_MLLP_TLS_CERT, settings.BTT_MLLP_TLS_KEY, settings.BTT_MLLP_TLS_CA)

@@ -8,20 +8,18 @@ signal, and all of them (exiting non-zero) when one dies.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from btt_health.foreground import stop_on_signals
 from integrations.dicom import services
 from integrations.dicom.scp import DicomNode, bind_listener, listener_ports
 
@@ -74,7 +72,7 @@ class Command(BaseCommand):
             self._run_processes(processes, host, port, stop_timeout)
 
     def _run_node(self, node: DicomNode, stop_timeout: float, name: str, *, announce: bool) -> None:
-        with _stop_on_signals() as (stop, received):
+        with stop_on_signals() as (stop, received):
             self._serve_until(node, stop, received, stop_timeout, name, announce=announce)
 
     def _serve_until(self, node, stop, received, stop_timeout: float, name: str, *, announce: bool) -> None:
@@ -110,7 +108,7 @@ class Command(BaseCommand):
         command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "dicom_scp"]
         command += ["--processes", str(count), "--listen-fds", fds, "--stop-timeout", str(stop_timeout)]
         command += ["--host", host, "--port", str(ports["dicom"])]
-        with _stop_on_signals() as (stop, received):
+        with stop_on_signals() as (stop, received):
             code = self._supervise(command, sockets, ports, host, count, stop, received, stop_timeout)
         if code:
             raise SystemExit(code)
@@ -151,22 +149,3 @@ class Command(BaseCommand):
             listener.close()
         self.stdout.write("dicom_scp: stopped")
         return code
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[tuple[threading.Event, list[str]]]:
-    """An event set by SIGINT or SIGTERM, and the names of the signals received; the previous
-    handlers come back afterwards."""
-    stop = threading.Event()
-    received: list[str] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop, received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-
 from django.core.management.base import BaseCommand
 
+from btt_health.foreground import stop_on_signals
 from integrations.hl7v2.listener import MllpListener
 
 
@@ -30,19 +28,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, port: int | None, host: str | None, stop_timeout: float, **options):
-        stop = threading.Event()
-        received: list[str] = []
-
-        def on_signal(signum: int, frame: object) -> None:
-            received.append(signal.Signals(signum).name)
-            stop.set()
-
         def say(message: str) -> None:
             self.stdout.write(f"mllp_listener: {message}")
             self.stdout.flush()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with stop_on_signals() as (stop, received):
             listener = MllpListener(host=host, port=port, say=say)
             try:
                 listener.run(stop, stop_timeout=stop_timeout)
@@ -50,6 +40,3 @@ class Command(BaseCommand):
                 self.stderr.write(f"mllp_listener: cannot listen: {exc}")
                 raise SystemExit(1) from None
             say(f"{received[0] if received else 'stop'} received, stopped")
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
