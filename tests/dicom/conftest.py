@@ -144,6 +144,21 @@ def pydicom_file(name: str) -> Path:
     return Path(path)
 
 
+@pytest.fixture(scope="module")
+def catalogue(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[None]:
+    """The Query/Retrieve test catalogue (tests/dicom/qr_support.py), stored once per module through
+    the real ingest path and committed; the index is cleared before and after."""
+    from tests.dicom.qr_support import store_catalogue
+    from tests.dicom.qr_support_db import clear_index, quiet_study_tasks
+
+    with django_db_blocker.unblock():
+        with quiet_study_tasks():
+            clear_index()
+            store_catalogue(tmp_path_factory.mktemp("catalogue"))
+        yield
+        clear_index()
+
+
 @pytest.fixture
 def cat(api_client):
     """The QIDO-RS test catalogue (three studies, several series and instances), stored by STOW-RS

@@ -11,8 +11,6 @@ process, with a pynetdicom requestor that asks for the option (and one that does
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -22,21 +20,9 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from integrations.dicom import query
 from integrations.dicom.query import STUDY_ROOT
 from tests.dicom.conftest import DicomNode
-from tests.dicom.qr_support import store_catalogue, uid
+from tests.dicom.qr_support import uid
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
-
-
-@pytest.fixture(scope="module")
-def catalogue(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[None]:
-    from tests.dicom.qr_support_db import clear_index, quiet_study_tasks
-
-    with django_db_blocker.unblock():
-        with quiet_study_tasks():
-            clear_index()
-            store_catalogue(tmp_path_factory.mktemp("catalogue"))
-        yield
-        clear_index()
 
 
 def identifier(date: str, time: str) -> Dataset:

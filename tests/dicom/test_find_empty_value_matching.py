@@ -6,28 +6,18 @@ absent), as a service (`integrations.dicom.query.find`) over the Query/Retrieve 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from pydicom.dataset import Dataset
 
 from integrations.dicom import query
 from integrations.dicom.query import STUDY_ROOT
-from tests.dicom.qr_support import store_catalogue, uid
+from tests.dicom.qr_support import uid
 
-pytestmark = [pytest.mark.django_db, pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def catalogue(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[None]:
-    from tests.dicom.qr_support_db import clear_index, quiet_study_tasks
-
-    with django_db_blocker.unblock():
-        with quiet_study_tasks():
-            clear_index()
-            store_catalogue(tmp_path_factory.mktemp("catalogue"))
-        yield
-        clear_index()
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("catalogue"),
+    pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning"),
+]
 
 
 def find(level: str, **keys: object) -> list[Dataset]:

@@ -19,27 +19,23 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests.dicom.conftest import DicomNode, run_dcmtk
-from tests.dicom.qr_support import read_responses, store_catalogue, uid
+from tests.dicom.qr_support import read_responses, uid
 
 
 @pytest.fixture(scope="module")
-def catalogue(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[None]:
+def nofind_peer(catalogue: None, django_db_blocker) -> None:
+    """NOFIND: a configured peer that may store but not query (committed with the catalogue,
+    which clears it again with the index)."""
     from integrations.dicom.models import RemoteAE
-    from tests.dicom.qr_support_db import clear_index, quiet_study_tasks
 
     with django_db_blocker.unblock():
-        with quiet_study_tasks():
-            clear_index()
-            store_catalogue(tmp_path_factory.mktemp("catalogue"))
         RemoteAE.objects.create(
             ae_title="NOFIND", host="127.0.0.1", port=104, allow_find=False, allow_store=True
         )
-        yield
-        clear_index()
 
 
 @pytest.fixture(scope="module")
-def node(catalogue: None, dicom_node: DicomNode) -> DicomNode:
+def node(catalogue: None, nofind_peer: None, dicom_node: DicomNode) -> DicomNode:
     """The node process (`dicom_node`, tests/dicom/conftest.py), once the data is committed."""
     return dicom_node
 

@@ -9,8 +9,6 @@ The same matching over the network with DCMTK findscu: test_find_findscu.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -18,20 +16,7 @@ from pydicom.tag import Tag
 
 from integrations.dicom import query
 from integrations.dicom.query import PATIENT_ROOT, STUDY_ROOT, QueryError
-from tests.dicom.qr_support import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, store_catalogue, uid
-
-
-@pytest.fixture(scope="module")
-def catalogue(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[None]:
-    with django_db_blocker.unblock():
-        from tests.dicom.qr_support_db import clear_index, quiet_study_tasks
-
-        with quiet_study_tasks():
-            clear_index()
-            store_catalogue(tmp_path_factory.mktemp("catalogue"))
-        yield
-        clear_index()
-
+from tests.dicom.qr_support import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, uid
 
 pytestmark = [
     pytest.mark.django_db,
