@@ -13,12 +13,13 @@ Storing (`store_instance`) - the ingest path:
 2. it is validated (UIDs present, SOP class and instance matching the request / File Meta);
 3. the file is moved into the instance storage (`storage.py`) under a key derived from its SOP
    Instance UID, and made durable (fsync of the file and its folder) in the background;
-4. one database transaction (durable: never nested in a caller's) indexes Patient (matched by
-   Patient ID + Issuer of Patient ID), Study, Series and Instance, updates the counters, and does
-   study-complete detection's per-instance update (`study_complete`), which schedules the
-   completion check and the FHIR ImagingStudy upkeep on commit - for an instance of a series
-   already indexed, all of it one SQL statement on PostgreSQL; it then waits for the fsync and
-   commits, so the index never names a file that is not durable;
+4. the index: Patient (matched by Patient ID + Issuer of Patient ID), Study, Series and Instance,
+   the counters, and study-complete detection's per-instance update (`study_complete`), which
+   schedules the completion check and the FHIR ImagingStudy upkeep on commit. For an instance of
+   a series already indexed that is one SQL statement on PostgreSQL, sent once the fsync is done
+   and committed by itself; otherwise one durable transaction (never nested in a caller's) that
+   waits for the fsync before it commits. Either way the index never names a file that is not
+   durable;
 5. only then does it return: the caller (the C-STORE handler) answers success.
 
 A failure at any step answers a failure, never success: `StoreRejected` carries the DIMSE status
@@ -525,15 +526,19 @@ def _index(
     look_for_existing: bool,
     wait_durable: Callable[[], object],
 ) -> None:
-    """One durable transaction: index the instance (and its patient, study, series), count it,
-    and tell study-complete detection. Sets `outcome.result`; `outcome.committed` once committed.
+    """Index the instance (and its patient, study, series), count it, and tell study-complete
+    detection, durably, after its file is durable. Sets `outcome.result`; `outcome.committed`
+    once committed.
 
     The usual case - another instance of a series already indexed - is one SQL statement on
-    PostgreSQL (`_insert_into_known_series`); the first instance of a series goes through the ORM.
-    A copy of the same SOP Instance UID indexed in the meantime is found (keep: a duplicate) or,
-    in the ORM path, makes the INSERT fail and the caller retries with `look_for_existing`.
-    `wait_durable` waits for the file's fsync (raising StorageError, which rolls back, when that
-    failed); it is called last, before the commit."""
+    PostgreSQL (`_insert_into_known_series`), sent in autocommit once the file's fsync is done:
+    one round trip, and the study row (which every instance of the study updates) locked only
+    while that statement runs, not across an fsync and two more round trips. The first instance
+    of a series goes through the ORM in one durable transaction that waits for the fsync before
+    it commits. A copy of the same SOP Instance UID indexed in the meantime is found (keep: a
+    duplicate) or, in the ORM path, makes the INSERT fail and the caller retries with
+    `look_for_existing`. `wait_durable` raises StorageError when the fsync failed (then nothing
+    is indexed)."""
     ds = header.dataset
     fields = {
         "sop_class_uid": header.sop_class_uid,
@@ -545,19 +550,25 @@ def _index(
         "calling_ae": calling_ae[:16],
         "tags": _json(ds, INSTANCE_TAGS),
     }
-    new_study = new_series = False
+    connection_ = transaction.get_connection()
+    try_fast = not look_for_existing and connection_.vendor == "postgresql"
+    if try_fast and not connection_.in_atomic_block:
+        wait_durable()
+        fast = _insert_into_known_series(header, fields)  # autocommit: committed when it returns
+        if fast is not None:
+            if fast != "duplicate":
+                outcome.mark_committed()  # before queueing the checks: a broker error undoes nothing
+            _record_fast_insert(fast, header, outcome)
+            return
+        try_fast = False  # a new series: the ORM path
     with transaction.atomic(durable=True):
         transaction.on_commit(outcome.mark_committed)  # first hook: runs before any other
-        fast = None
-        if not look_for_existing and transaction.get_connection().vendor == "postgresql":
-            fast = _insert_into_known_series(header, fields)
+        fast = _insert_into_known_series(header, fields) if try_fast else None
         if fast == "duplicate":
-            existing = _first(Instance.objects.filter(sop_instance_uid=header.sop_instance_uid))
-            outcome.result = StoreResult("duplicate", existing)
+            _record_fast_insert(fast, header, outcome)
             return  # (the caller discards the copy placed for nothing)
         if fast is not None:
-            instance, _ = fast  # (its statement did study-complete detection's update too)
-            result = "stored"
+            _record_fast_insert(fast, header, outcome)
         else:
             instance, result, new_study, new_series = _index_with_orm(
                 header, fields, policy, look_for_existing
@@ -568,29 +579,59 @@ def _index(
             # Study-complete detection and the FHIR ImagingStudy upkeep (study_complete.py):
             # marks the study for its quiet period and queues the checks on commit.
             study_complete.instance_stored(instance)
+            outcome.result = StoreResult(result, instance)
+            logger.debug(
+                "C-STORE %s from %s: %s as %s%s%s",
+                header.sop_instance_uid,
+                calling_ae or "-",
+                result,
+                key,
+                " (new study)" if new_study else "",
+                " (new series)" if new_series else "",
+            )
         # The file is durable before the index says it is there: its fsync (started when it was
         # placed) runs while the index is written, and the commit waits for it.
         wait_durable()
-        outcome.result = StoreResult(result, instance)
+
+
+@dataclass(frozen=True)
+class _FastInsert:
+    """What `_insert_into_known_series` wrote: the instance (series and study attached), the
+    study's completion count, and whether its update started a completion cycle."""
+
+    instance: Instance
+    completion_count: int
+    started_cycle: bool
+
+
+def _record_fast_insert(fast: _FastInsert | str, header: _Header, outcome: _IndexOutcome) -> None:
+    """The outcome of `_insert_into_known_series`; queues study-complete detection's checks (on
+    commit) when its update started a cycle."""
+    if fast == "duplicate":
+        existing = _first(Instance.objects.filter(sop_instance_uid=header.sop_instance_uid))
+        outcome.result = StoreResult("duplicate", existing)
+        return
+    instance = fast.instance
+    outcome.result = StoreResult("stored", instance)
+    study_complete.instance_touched(
+        instance.series.study.study_instance_uid, fast.completion_count, fast.started_cycle
+    )
     logger.debug(
-        "C-STORE %s (%s) from %s: %s as %s%s%s",
+        "C-STORE %s from %s: stored as %s",
         header.sop_instance_uid,
-        header.layout.transfer_syntax_uid,
-        calling_ae or "-",
-        result,
-        key,
-        " (new study)" if new_study else "",
-        " (new series)" if new_series else "",
+        instance.calling_ae or "-",
+        instance.storage_key,
     )
 
 
-def _insert_into_known_series(header: _Header, fields: dict) -> tuple[Instance, bool] | str | None:
+def _insert_into_known_series(header: _Header, fields: dict) -> _FastInsert | str | None:
     """PostgreSQL, one statement: insert the instance into its series (if that is indexed), count
     it in the series and the study, and do study-complete detection's per-instance Study update
-    (`study_complete.touch_study_set_sql`). Returns the Instance (its series and study attached,
-    loaded with their keys and UIDs, the rest deferred) and whether that update started a
-    completion cycle; "duplicate" when the SOP Instance UID is indexed already (nothing is
-    changed then); None when the series is not indexed yet."""
+    (`study_complete.touch_study_set_sql`). Returns what it wrote (`_FastInsert`: the Instance
+    with its series and study attached, loaded with their keys and UIDs, the rest deferred);
+    "duplicate" when the SOP Instance UID is indexed already (nothing is changed then); None when
+    the series is not indexed yet. The caller tells study-complete detection
+    (`_record_fast_insert`)."""
     instance_table = connection.ops.quote_name(Instance._meta.db_table)
     series_table = connection.ops.quote_name(Series._meta.db_table)
     study_table = connection.ops.quote_name(Study._meta.db_table)
@@ -652,8 +693,7 @@ def _insert_into_known_series(header: _Header, fields: dict) -> tuple[Instance, 
         "default", names, [instance_id, header.sop_instance_uid, series_id, *fields.values()]
     )
     instance.series = series
-    study_complete.instance_touched(study_uid, completion_count, started_cycle)
-    return instance, started_cycle
+    return _FastInsert(instance, completion_count, started_cycle)
 
 
 def _index_with_orm(
