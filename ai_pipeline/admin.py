@@ -6,7 +6,14 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from ai_pipeline import jobs
-from ai_pipeline.models import AIModel, DeidentifiedStudy, InferenceJob, RoutingRule, TrustWeights
+from ai_pipeline.models import (
+    AIModel,
+    DeidentifiedStudy,
+    InferenceJob,
+    OutsideDispatch,
+    RoutingRule,
+    TrustWeights,
+)
 from ai_pipeline.registry import sync_registry
 
 
@@ -165,6 +172,22 @@ class DeidentifiedStudyAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(OutsideDispatch)
+class OutsideDispatchAdmin(admin.ModelAdmin):
+    """Outside jobs handed out (ai_pipeline/outside.py): read only; the token itself is never stored."""
+
+    list_display = ("ref", "job", "active", "created_at", "downloaded_at", "result_at", "expires_at")
+    list_filter = ("active",)
+    search_fields = ("ref", "job__study_instance_uid", "deidentified_study_uid")
+    exclude = ("token_sha256",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields if field.name != "token_sha256"]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -10,6 +10,8 @@ One function per operation (the views in `api.py`, the admin and the tasks call 
 - `retry_job(job_id, requested_by=)`: a `failed` job goes back to `queued` and its task is queued
   again after the commit. Only failed jobs (`JobNotRetryable` otherwise: a queued or running job
   will run, a succeeded one has its report) and only while its model version is still runnable.
+- `finding_images(diagnostic_report_id)`: per finding code (system, code) of the report's job, the
+  SOP Instance UIDs of its positive images and of their longest run (what the viewer marks).
 - `record_published(job_id)`: the task message of a job was handed to the broker (its time and
   count), which is what the sweep goes by.
 - `requeue_stuck_jobs()`: the sweep. Re-publishes the task of jobs that are `queued` but whose
@@ -180,6 +182,22 @@ def retry_job(job_id: int, *, requested_by: str) -> InferenceJob:
         transaction.on_commit(lambda: queue_inference(job.pk), robust=True)
     logger.info("job %s: retry requested by %s", job_id, requested_by)
     return job
+
+
+def finding_images(diagnostic_report_id: str) -> dict[tuple[str, str], dict[str, list[str]]]:
+    """{(code system, code): {"positive_images": [...], "run_images": [...]}} of the job that wrote
+    the DiagnosticReport (empty when no job did, or for jobs recorded before images were kept)."""
+    job = InferenceJob.objects.filter(diagnostic_report_id=diagnostic_report_id).only("findings").first()
+    found: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for finding in (job.findings if job is not None else None) or []:
+        code = finding.get("code") or ()
+        if len(code) != 2:
+            continue
+        found[(str(code[0]), str(code[1]))] = {
+            "positive_images": [str(uid) for uid in finding.get("positive_images") or []],
+            "run_images": [str(uid) for uid in finding.get("run_images") or []],
+        }
+    return found
 
 
 def record_published(job_id: int) -> None:

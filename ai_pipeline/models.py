@@ -292,6 +292,35 @@ class DeidentifiedStudy(models.Model):
         return None
 
 
+class OutsideDispatch(models.Model):
+    """One hand-over of an outside job to a worker outside the hospital (ai_pipeline/outside.py).
+
+    `ref` is the job's opaque id out there (a random hex string, not the job's primary key); the
+    worker proves it was given the job with a token, of which only the SHA-256 is kept, valid
+    until `expires_at`. `folder` holds the de-identified copy it downloads (removed when the
+    result comes back or the dispatch is superseded). Only the newest dispatch of a job is
+    `active`; a result is taken once (`result_at`), so a repeated post changes nothing.
+    """
+
+    job = models.ForeignKey(InferenceJob, on_delete=models.CASCADE, related_name="outside_dispatches")
+    ref = models.CharField(max_length=32, unique=True)
+    token_sha256 = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+    folder = models.CharField(max_length=1024, help_text="the de-identified copy (BTT_DEID_DIR)")
+    deidentified_study_uid = models.CharField(max_length=64)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    downloaded_at = models.DateTimeField(null=True, blank=True)
+    result_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "outside dispatch"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"outside {self.ref} (job {self.job_id})"
+
+
 class SweepChain(models.Model):
     """The one live chain of `ai_pipeline.sweep_inference_jobs` tasks (tasks.py): a worker that
     starts writes a new token; a sweep whose token is not the current one ends its chain."""

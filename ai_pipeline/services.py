@@ -34,6 +34,15 @@ priority=None, event=None, routing_rule=None, specialty=None) -> InferenceJob`:
   backoff and, when out of retries, calls `mark_job_failed`.
 - Anything else (a bug) marks the job `failed` with the error and re-raises it.
 
+The run is two parts, so that a worker outside the hospital can do the first without the database:
+`analyse_study(images, runner, opener)` is the model's part, pure computation over the images (series
+selection, decoding, preprocessing, inference with test-time augmentation, the per-finding M, U and E
+signals, image quality) giving a JSON-safe `StudyAnalysis` (per finding also the SOP Instance UIDs of
+every positive image and of the longest run); `record_result(job, model, manifest, analysis, images=...)`
+is the hospital's part (FHIR context, prior reports and other models for H_consensus, the trust
+score, the FHIR write and the job's summary). `outside.receive_result` calls the second with the
+re-identified analysis an outside worker posted.
+
 `create_job` makes the `queued` row when a study is routed (before the task is queued), so the
 job's state is visible from the start.
 """
@@ -42,13 +51,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 
 import numpy as np
 import orjson
+import pydantic
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
@@ -87,6 +97,10 @@ class TransientInferenceError(Exception):
     """A failure a retry may fix; the job is back to `queued`."""
 
 
+class AnalysisError(ValueError):
+    """An analysis (sent back by an outside worker) that is malformed or does not fit the model."""
+
+
 PERMANENT_ERRORS = (
     PixelDecodeError,
     registry.RegistryError,  # includes ModelIntegrityError and runtime.ModelLoadError
@@ -94,6 +108,7 @@ PERMANENT_ERRORS = (
     runtime.ProviderConfigError,
     ManifestError,
     NoApplicableImages,
+    AnalysisError,
     study_source.StudyNotFound,
     deidentify.DeidentificationError,
     FileNotFoundError,
@@ -434,17 +449,197 @@ def resolve_fhir_context(images: study_source.StudyImages, event: Mapping | None
     return context
 
 
-def _finding_summary(
-    label: Label, assessment: FindingAssessment, outcome: SeriesOutcome, model_name: str
-) -> dict:
+# --- the model's part: pure computation over the images (no database) -----------------------
+
+
+@dataclass
+class FindingOutcome:
+    """One finding label, assessed on the series it was decided on (`_pick`). Image UIDs are SOP
+    Instance UIDs of that series (none for volume models)."""
+
+    label: str
+    series_instance_uid: str
+    body_part: str
+    assessment: FindingAssessment
+    best_image: str | None = None  # the image with the highest probability
+    positive_images: list[str] = field(default_factory=list)  # every image at or above the threshold
+    run_images: list[str] = field(default_factory=list)  # the images of the longest run of those
+
+
+@dataclass
+class SeriesSummary:
+    """A series the model saw: how many images, and its image-quality checks (D_quality)."""
+
+    series_instance_uid: str
+    images: int
+    quality_score: float
+    quality: dict
+
+
+@dataclass
+class StudyAnalysis:
+    """What a model makes of a study before anything identifiable is added: per finding label its
+    assessment (the trust score's M, U and E signals) on the series it was decided on, the series'
+    quality, the providers that ran the model and the durations of the steps. JSON-safe
+    (`as_json`/`from_json`), so a worker outside the hospital sends it back in de-identified UIDs;
+    `mapped` re-identifies it."""
+
+    findings: list[FindingOutcome]
+    series: list[SeriesSummary]
+    providers: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images(self) -> int:
+        return sum(series.images for series in self.series)
+
+    def uids(self) -> set[str]:
+        """Every series and image UID the analysis names."""
+        found = {series.series_instance_uid for series in self.series}
+        for finding in self.findings:
+            found.add(finding.series_instance_uid)
+            found.update(finding.positive_images)
+            found.update(finding.run_images)
+            if finding.best_image:
+                found.add(finding.best_image)
+        return found
+
+    def mapped(self, to: Callable[[str], str]) -> StudyAnalysis:
+        """The same analysis with every series and image UID passed through `to`."""
+        return replace(
+            self,
+            findings=[
+                replace(
+                    finding,
+                    series_instance_uid=to(finding.series_instance_uid),
+                    best_image=to(finding.best_image) if finding.best_image else None,
+                    positive_images=[to(uid) for uid in finding.positive_images],
+                    run_images=[to(uid) for uid in finding.run_images],
+                )
+                for finding in self.findings
+            ],
+            series=[
+                replace(series, series_instance_uid=to(series.series_instance_uid)) for series in self.series
+            ],
+        )
+
+    def as_json(self) -> dict:
+        return _ANALYSIS.dump_python(self, mode="json")
+
+    @classmethod
+    def from_json(cls, data: object) -> StudyAnalysis:
+        """Parse an analysis sent as JSON; AnalysisError names what is wrong with it."""
+        try:
+            return _ANALYSIS.validate_python(data)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc']) or 'analysis'}: {error['msg']}"
+                for error in exc.errors()[:10]
+            )
+            raise AnalysisError(f"the analysis is not valid: {problems}") from None
+
+
+_ANALYSIS = pydantic.TypeAdapter(StudyAnalysis)
+
+
+def _unique(uids: list[str]) -> list[str]:
+    return list(dict.fromkeys(uids))
+
+
+def analyse_study(
+    images: study_source.StudyImages,
+    runner: runtime.ModelRunner,
+    opener: Callable = study_source.open_instance,
+    *,
+    timer: _Timer | None = None,
+    study_name: str | None = None,
+) -> StudyAnalysis:
+    """The model's part of a run, pure computation over the images `opener` gives (no database):
+    pick the series the manifest applies to, decode and prepare them, run the model (plain on
+    every image, test-time augmentation on the deciding ones), assess each finding and the image
+    quality. Both the hospital's workers and a worker outside the hospital (on a de-identified
+    copy) call it. Raises the PERMANENT_ERRORS of a study or model that cannot be used
+    (NoApplicableImages, PixelDecodeError, ModelOutputError...); `study_name` names the study in
+    those messages (default: its UID as `images` has it)."""
+    manifest = runner.manifest
+    timer = timer or _Timer()
+    candidates = _candidate_series(images, manifest)
+    prepared: list[PreparedSeries] = []
+    for refs in candidates:
+        series = _prepare_series(refs, manifest, opener)
+        if series is not None:
+            prepared.append(series)
+            if manifest.input.series_selection == "largest":
+                break
+    if not prepared:
+        raise NoApplicableImages(
+            f"study {study_name or images.study_instance_uid}: no image of the fitting series can be used by "
+            f"{manifest.key} (no pixel data, or localizers only)"
+        )
+    timer.lap("preprocess")
+
+    outcomes = []
+    for series in prepared:
+        plain = runner.predict(series.inputs)
+        tta = runner.predict_tta(series.inputs, focus=runtime.focus_images(plain, manifest), plain=plain)
+        outcomes.append(
+            SeriesOutcome(series, tta.probabilities, _assess(series, tta.probabilities, manifest))
+        )
+    timer.lap("inference")
+
+    slices = manifest.input.kind == "slice"
+    findings = []
+    for label in manifest.output.findings:
+        outcome = _pick(outcomes, label)
+        assessment = outcome.assessments[label.name]
+        frames = outcome.series.frames
+        findings.append(
+            FindingOutcome(
+                label=label.name,
+                series_instance_uid=outcome.series.series_instance_uid,
+                body_part=outcome.series.body_part,
+                assessment=assessment,
+                best_image=frames[assessment.best_index].sop_instance_uid if slices else None,
+                positive_images=_unique([frames[i].sop_instance_uid for i in assessment.supporting])
+                if slices
+                else [],
+                run_images=_unique([frames[i].sop_instance_uid for i in assessment.longest_run])
+                if slices
+                else [],
+            )
+        )
+    summaries = []
+    for series in prepared:
+        assert series.quality is not None  # SeriesBuilder.build always assesses it
+        summaries.append(
+            SeriesSummary(
+                series.series_instance_uid, series.count, series.quality.score, series.quality.as_dict()
+            )
+        )
+    return StudyAnalysis(
+        findings=findings,
+        series=summaries,
+        providers=list(runner.providers),
+        timings={name: round(seconds, 4) for name, seconds in timer.marks.items()},
+    )
+
+
+# --- the hospital's part: context, trust score, the FHIR write ------------------------------------
+
+
+def _finding_summary(label: Label, outcome: FindingOutcome, model_name: str) -> dict:
     code = results.finding_code(label, model_name)
+    assessment = outcome.assessment
     return {
         "label": label.name,
         "code": [code["system"], code["code"]],
         "positive": assessment.positive,
         "probability": round(assessment.probability, 4),
-        "series": outcome.series.series_instance_uid,
+        "series": outcome.series_instance_uid,
         **{k: v for k, v in assessment.as_dict().items() if k not in ("label", "positive", "probability")},
+        "best_image": outcome.best_image,
+        "positive_images": outcome.positive_images,
+        "run_images": outcome.run_images,
     }
 
 
@@ -463,8 +658,8 @@ def _run(
     timer.lap("load")
 
     # A job that runs outside the hospital sees only a de-identified copy of the study: from here
-    # to the end of the inference, `source` holds stand-in UIDs and no patient data; `original`
-    # maps the copy's UIDs back before anything is written.
+    # to the end of the inference, `source` holds stand-in UIDs and no patient data; the analysis
+    # is mapped back to the original UIDs before anything is written.
     copy: deidentify.DeidentifiedCopy | None = None
     source, opener = images, study_source.open_instance
     if job.outside:
@@ -477,65 +672,76 @@ def _run(
         )
         source, opener = copy.images, copy.open_instance
     try:
-        candidates = _candidate_series(source, manifest)
-        prepared: list[PreparedSeries] = []
-        for refs in candidates:
-            series = _prepare_series(refs, manifest, opener)
-            if series is not None:
-                prepared.append(series)
-                if manifest.input.series_selection == "largest":
-                    break
-        if not prepared:
-            raise NoApplicableImages(
-                f"study {job.study_instance_uid}: no image of the fitting series can be used by {manifest.key} "
-                "(no pixel data, or localizers only)"
-            )
-        timer.lap("preprocess")
-
-        outcomes = []
-        for series in prepared:
-            plain = runner.predict(series.inputs)
-            tta = runner.predict_tta(series.inputs, focus=runtime.focus_images(plain, manifest), plain=plain)
-            outcomes.append(
-                SeriesOutcome(series, tta.probabilities, _assess(series, tta.probabilities, manifest))
-            )
-        timer.lap("inference")
+        analysis = analyse_study(source, runner, opener, timer=timer, study_name=job.study_instance_uid)
     finally:
         if copy is not None:
             copy.remove()
-    original = copy.original_uid if copy is not None else _same
+    if copy is not None:
+        analysis = analysis.mapped(copy.original_uid)
+    return record_result(
+        job,
+        model,
+        manifest,
+        analysis,
+        images=images,
+        worker=worker,
+        event=event,
+        specialty=specialty,
+        timer=timer,
+    )
 
-    context = resolve_fhir_context(images, event)
-    findings: list[results.FindingResult] = []
-    summaries = []
-    for label in manifest.output.findings:
-        outcome = _pick(outcomes, label)
-        assessment = outcome.assessments[label.name]
-        frames = outcome.series.frames
-        best = frames[assessment.best_index].sop_instance_uid if manifest.input.kind == "slice" else None
-        findings.append(
-            results.FindingResult(
-                label,
-                assessment,
-                original(outcome.series.series_instance_uid),
-                outcome.series.body_part,
-                original(best) if best else None,
+
+def record_result(
+    job: InferenceJob,
+    model: AIModel,
+    manifest: Manifest,
+    analysis: StudyAnalysis,
+    *,
+    images: study_source.StudyImages,
+    worker: str,
+    event: Mapping | None = None,
+    specialty: str | None = None,
+    timer: _Timer | None = None,
+) -> InferenceJob:
+    """Turn the analysis of a running job (in the study's original UIDs) into its report.
+
+    Looks up the study's Patient, ImagingStudy and orders, collects other opinions (prior reports
+    of the patient, other models on the study) for H_consensus, computes the trust score, and in
+    one transaction under the job's row lock writes the DiagnosticReport with its Observations,
+    Device and Provenance (nothing when the report of this study/model/version exists) and marks
+    the job `succeeded` with its summary; queues the DICOM results on commit when asked. Raises
+    AnalysisError when the analysis does not fit the model's manifest (a label missing or unknown,
+    a finding on a series it does not describe)."""
+    timer = timer or _Timer()
+    labels = {label.name: label for label in manifest.output.findings}
+    by_label = {finding.label: finding for finding in analysis.findings}
+    if sorted(by_label) != sorted(labels) or len(by_label) != len(analysis.findings):
+        raise AnalysisError(
+            f"the analysis has findings {sorted(f.label for f in analysis.findings)}, "
+            f"model {manifest.key} has labels {sorted(labels)}"
+        )
+    described = {series.series_instance_uid: series for series in analysis.series}
+    outcomes = [by_label[name] for name in labels]
+    for outcome in outcomes:
+        if outcome.series_instance_uid not in described:
+            raise AnalysisError(
+                f"finding {outcome.label} is on series {outcome.series_instance_uid}, which the analysis does not describe"
             )
+    context = resolve_fhir_context(images, event)
+    findings = [
+        results.FindingResult(
+            labels[outcome.label],
+            outcome.assessment,
+            outcome.series_instance_uid,
+            outcome.body_part,
+            outcome.best_image,
         )
-        summaries.append(
-            {
-                **_finding_summary(label, assessment, outcome, model.name),
-                "series": original(outcome.series.series_instance_uid),
-                "best_image": original(best) if best else None,
-            }
-        )
+        for outcome in outcomes
+    ]
+    summaries = [_finding_summary(labels[outcome.label], outcome, model.name) for outcome in outcomes]
     main = main_statement([f.assessment for f in findings])
     main_finding = next(f for f in findings if f.assessment is main)
-    main_series = next(
-        o.series
-        for o in outcomes
-        if original(o.series.series_instance_uid) == main_finding.series_instance_uid
-    )
+    main_series = described[main_finding.series_instance_uid]
     opinions = collect_opinions(
         results.finding_code(main_finding.label, model.name),
         study_instance_uid=job.study_instance_uid,
@@ -545,13 +751,11 @@ def _run(
         body_site=results.body_site(main_finding.body_part),
     )
     agreement = consensus(main.positive, opinions)
-    quality = main_series.quality
-    assert quality is not None
     weights = get_weights(
         specialty or (job.routing_rule.specialty if job.routing_rule else "") or manifest.specialty
     )
     trust = trust_score(
-        d_quality=quality.score,
+        d_quality=main_series.quality_score,
         m_confidence=main.confidence,
         h_consensus=agreement.value,
         u_factor=main.uncertainty,
@@ -560,13 +764,13 @@ def _run(
         details={
             "statement": main.label,
             "positive": main.positive,
-            "series": original(main_series.series_instance_uid),
-            "quality": quality.as_dict(),
+            "series": main_series.series_instance_uid,
+            "quality": main_series.quality,
             "finding": main.as_dict(),
             "consensus": {"neutral": agreement.neutral, "opinions": agreement.opinions},
         },
     )
-    images_seen = sum(series.count for series in prepared)
+    images_seen = analysis.images
     finished = timezone.now()
     data = results.ReportInput(
         study_instance_uid=job.study_instance_uid,
@@ -584,7 +788,7 @@ def _run(
         imaging_study_reference=context.imaging_study_reference,
         service_request_references=context.service_request_references,
         effective=results.dicom_datetime(images.study_date, images.study_time),
-        providers=runner.providers,
+        providers=analysis.providers,
     )
     with transaction.atomic():
         job = InferenceJob.objects.select_for_update().get(pk=job.pk)
@@ -597,11 +801,11 @@ def _run(
         if written.created:
             job.provenance_id = written.provenance_id
         job.images = images_seen
-        job.providers = ", ".join(runner.providers)[:200]
+        job.providers = ", ".join(analysis.providers)[:200]
         job.trust_score = trust.percent
         job.trust = trust.as_dict()
         job.findings = summaries
-        job.quality = {original(s.series_instance_uid): s.quality.as_dict() for s in prepared if s.quality}
+        job.quality = {series.series_instance_uid: series.quality for series in analysis.series}
         job.load_seconds = round(timer.marks.get("load", 0.0), 4)
         job.preprocess_seconds = round(timer.marks.get("preprocess", 0.0), 4)
         job.inference_seconds = round(timer.marks.get("inference", 0.0), 4)
@@ -619,10 +823,6 @@ def _run(
         job.trust_score, images_seen, job.inference_seconds or 0.0,
     )  # fmt: skip
     return job
-
-
-def _same(uid: str) -> str:
-    return uid
 
 
 def _describe(exc: BaseException) -> str:

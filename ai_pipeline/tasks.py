@@ -17,9 +17,18 @@ which `serve`'s worker consumes: it is in `BTT_WORKER_QUEUES`). It is
   Celery priority (`celery_priority`). Redis sorts 0 first; AMQP brokers sort the highest number
   first (their queue then needs `x-max-priority`); the embedded filesystem broker keeps FIFO order.
 
-Jobs routed to a worker outside the hospital (`InferenceJob.outside`) go to
-`BTT_INFERENCE_OUTSIDE_QUEUE` when it is set, and their message carries no event payload.
-Every publish is recorded on the job (`published_at`, `publish_count`; `jobs.record_published`).
+Jobs routed to a worker outside the hospital (`InferenceJob.outside`), when
+`BTT_INFERENCE_OUTSIDE_QUEUE` is set, are handed out in two steps: `ai_pipeline.dispatch_outside_job`
+runs on a hospital worker (the inference queue; `outside.dispatch_job` makes the de-identified copy
+and a per-job token), and publishes `ai_pipeline.run_outside_inference` on the outside queue (on
+`BTT_OUTSIDE_BROKER_URL` when set, a broker outside workers may use without seeing the hospital's
+queues) with a
+payload holding only an opaque job id, the model's name, version and sha256, the paths to download
+the copy from and post the result to, and the token. That task runs on a worker outside the hospital
+(`BTT_OUTSIDE_WORKER`, outside_worker.py: no database, HTTP to `BTT_HOSPITAL_URL` only), retried
+with backoff on transient HTTP errors. Without an outside queue, an outside job runs here through
+`run_inference` on a de-identified copy. Every publish is recorded on the job (`published_at`,
+`publish_count`; `jobs.record_published`).
 
 A worker that consumes the inference queue, when it is ready (`worker_ready`), registers the
 models of `BTT_MODEL_DIR` (so a fresh stack has the demo model without `manage.py sync_models`)
@@ -40,7 +49,7 @@ from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
-from ai_pipeline import dicom_results, jobs, services
+from ai_pipeline import dicom_results, jobs, outside, outside_worker, services
 from ai_pipeline.models import InferenceJob, SweepChain
 from ai_pipeline.registry import ModelUnavailableError
 from integrations.dicom.services import StoreRejected
@@ -85,7 +94,12 @@ def queue_inference(job_id: int, event: dict | None = None, *, specialty: str | 
     level = celery_priority(priority)
     if level is not None:
         options["priority"] = level
-    run_inference.apply_async(args=[job_id, None if outside else event, specialty], **options)
+    if outside and settings.BTT_INFERENCE_OUTSIDE_QUEUE:
+        # The copy is made here, in the hospital; only it and an opaque id go out (outside.py).
+        options["queue"] = settings.BTT_INFERENCE_QUEUE
+        dispatch_outside_job.apply_async(args=[job_id], **options)
+    else:
+        run_inference.apply_async(args=[job_id, None if outside else event, specialty], **options)
     jobs.record_published(job_id)
 
 
@@ -133,6 +147,61 @@ def run_inference(self, job_id: int, event: dict | None = None, specialty: str |
         "report": job.diagnostic_report_id,
         "reason": job.reason[:200],
     }
+
+
+@shared_task(
+    name="ai_pipeline.dispatch_outside_job",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(DatabaseError, OSError),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=settings.BTT_INFERENCE_MAX_RETRIES,
+)
+def dispatch_outside_job(job_id: int) -> dict:
+    """Hand an outside job to the outside queue (`outside.dispatch_job`); its opaque ref (no token)."""
+    payload = outside.dispatch_job(job_id)
+    return {"job": job_id, "dispatched_as": payload["job"] if payload else None}
+
+
+def publish_outside_run(payload: dict, priority: str) -> None:
+    """Publish `run_outside_inference` on BTT_INFERENCE_OUTSIDE_QUEUE (from `transaction.on_commit`)."""
+    options: dict = {"queue": settings.BTT_INFERENCE_OUTSIDE_QUEUE or settings.BTT_INFERENCE_QUEUE}
+    level = celery_priority(priority, settings.BTT_OUTSIDE_BROKER_URL)
+    if level is not None:
+        options["priority"] = level
+    if not settings.BTT_OUTSIDE_BROKER_URL:
+        run_outside_inference.apply_async(args=[payload], **options)
+        return
+    # A broker of its own: outside workers hold its credentials, never the hospital broker's.
+    with run_outside_inference.app.connection_for_write(settings.BTT_OUTSIDE_BROKER_URL) as connection:
+        run_outside_inference.apply_async(args=[payload], connection=connection, **options)
+
+
+@shared_task(
+    name="ai_pipeline.run_outside_inference",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(outside_worker.OutsideTransientError,),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=settings.BTT_INFERENCE_MAX_RETRIES,
+    soft_time_limit=settings.BTT_INFERENCE_SOFT_TIME_LIMIT,
+    time_limit=settings.BTT_INFERENCE_TIME_LIMIT,
+)
+def run_outside_inference(self, payload: dict) -> dict:
+    """On a worker outside the hospital: run the job over HTTP, without the database
+    (`outside_worker.run_job`); the hospital's answer (ref, state, reason), or why there is none."""
+    task = outside_worker.OutsideTask.from_payload(payload)
+    worker = f"{self.request.hostname or 'celery'}:{os.getpid()}"
+    try:
+        return outside_worker.run_job(task, worker=worker)
+    except outside_worker.OutsideRefused as exc:  # nothing to do: the hospital's sweep hands it out again
+        logger.warning("outside job %s: %s", task.job, exc)
+        return {"job": task.job, "state": "refused", "reason": str(exc)[:500]}
 
 
 @shared_task(
@@ -211,6 +280,8 @@ def _consumed_queues(sender) -> set[str]:
 def _sync_models_when_a_worker_starts(sender=None, **kwargs) -> None:
     """Register the models of BTT_MODEL_DIR when a worker that runs inference starts, and start
     the sweep of stuck jobs (it runs on this worker's inference queue)."""
+    if settings.BTT_OUTSIDE_WORKER:  # outside the hospital: no database to register models in
+        return
     consumed = _consumed_queues(sender)
     if consumed and settings.BTT_INFERENCE_QUEUE not in consumed:
         return

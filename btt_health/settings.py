@@ -394,6 +394,26 @@ BTT_INFERENCE_PUBLISH_GRACE = env_int("BTT_INFERENCE_PUBLISH_GRACE", 60, minimum
 BTT_INFERENCE_REQUEUE_AFTER = env_int("BTT_INFERENCE_REQUEUE_AFTER", 1800, minimum=60, maximum=7 * 86400)
 # Where de-identified copies of studies for outside workers are written (removed after the run).
 BTT_DEID_DIR = env_path("BTT_DEID_DIR", BTT_DATA_DIR / "deid")
+# Hospital side of outside jobs (ai_pipeline/outside.py): seconds a job's download/result token is valid.
+BTT_OUTSIDE_TOKEN_SECONDS = env_int("BTT_OUTSIDE_TOKEN_SECONDS", 3600, minimum=60, maximum=7 * 86400)
+# The broker outside jobs are published to (give outside workers this one only, so they cannot read
+# the hospital's queues); unset: CELERY_BROKER_URL.
+BTT_OUTSIDE_BROKER_URL = env_optional_str("BTT_OUTSIDE_BROKER_URL")
+# A worker outside the hospital (ai_pipeline/outside_worker.py): `BTT_OUTSIDE_WORKER=true celery -A
+# btt_health worker -Q <BTT_INFERENCE_OUTSIDE_QUEUE>` never uses the database (no model registration,
+# sweep or heartbeat at start); it downloads de-identified copies from BTT_HOSPITAL_URL, runs the
+# model from its own BTT_MODEL_DIR, and posts the findings back there.
+BTT_OUTSIDE_WORKER = env_bool("BTT_OUTSIDE_WORKER", False)
+BTT_HOSPITAL_URL = (env_optional_str("BTT_HOSPITAL_URL") or "").rstrip("/")
+if BTT_HOSPITAL_URL and not BTT_HOSPITAL_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"BTT_HOSPITAL_URL must be an http(s) URL, got {BTT_HOSPITAL_URL!r}")
+if BTT_OUTSIDE_WORKER and not BTT_HOSPITAL_URL:
+    raise ImproperlyConfigured("BTT_OUTSIDE_WORKER needs BTT_HOSPITAL_URL (the hospital's base URL)")
+# Where the outside worker keeps a job's download while it runs (removed after it unless
+# BTT_OUTSIDE_KEEP_DOWNLOADS), and its HTTP timeout in seconds.
+BTT_OUTSIDE_WORK_DIR = env_path("BTT_OUTSIDE_WORK_DIR", BTT_DATA_DIR / "outside")
+BTT_OUTSIDE_KEEP_DOWNLOADS = env_bool("BTT_OUTSIDE_KEEP_DOWNLOADS", False)
+BTT_OUTSIDE_HTTP_TIMEOUT = env_float("BTT_OUTSIDE_HTTP_TIMEOUT", 60.0, minimum=1.0)
 # DICOM results (ai_pipeline/dicom_results.py): SR by default for every report (routing rules
 # can ask for it per rule), and the remote AE titles results are sent to when no rule names any.
 BTT_AI_DICOM_SR = env_bool("BTT_AI_DICOM_SR", False)

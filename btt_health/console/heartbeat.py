@@ -121,6 +121,8 @@ def _run(hostname: str, queues: list[str], concurrency: int, app) -> None:
 
 def _on_worker_ready(sender=None, **kwargs) -> None:
     global _thread
+    if settings.BTT_OUTSIDE_WORKER:  # a worker outside the hospital has no database to write to
+        return
     if _thread is not None and _thread.is_alive():
         return
     consumer = sender
@@ -146,7 +148,7 @@ def _on_worker_shutdown(sender=None, **kwargs) -> None:
 
     _stop.set()
     hostname = getattr(sender, "hostname", None)
-    if not hostname:
+    if not hostname or settings.BTT_OUTSIDE_WORKER:
         return
     try:
         WorkerHeartbeat.objects.filter(hostname=hostname).update(stopped_at=timezone.now())

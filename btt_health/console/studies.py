@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth.models import AbstractBaseUser
 
+from ai_pipeline.jobs import finding_images
 from ai_pipeline.models import InferenceJob
 from btt_health.console import access
 from btt_health.console.worklist import dicom_date, person_name
@@ -87,6 +88,8 @@ class Finding:
     images: int | None
     longest_run: int | None
     status: str
+    positive_images: list[str] = field(default_factory=list)  # SOP Instance UIDs at or above the threshold
+    run_images: list[str] = field(default_factory=list)  # those of the longest run
 
 
 @dataclass
@@ -286,6 +289,7 @@ def _report_view(stored: store.StoredResource) -> ReportView:
     factors: list[TrustFactor] = []
     weights: list[TrustFactor] = []
     method = ""
+    images = finding_images(stored.logical_id)
     for reference in report.get("result") or []:
         parsed = store.parse_relative_reference(reference.get("reference") or "")
         if parsed is None or parsed[0] != "Observation":
@@ -306,7 +310,14 @@ def _report_view(stored: store.StoredResource) -> ReportView:
                 elif code in WEIGHTS:
                     weights.append(TrustFactor(code, code, value, WEIGHTS[code]))
             continue
-        findings.append(_finding(observation))
+        finding = _finding(observation)
+        for coding in codings:
+            marked = images.get((coding.get("system", ""), coding.get("code", "")))
+            if marked:
+                finding.positive_images = marked["positive_images"]
+                finding.run_images = marked["run_images"]
+                break
+        findings.append(finding)
     interpreters = [
         i.get("display") or i.get("reference", "") for i in report.get("resultsInterpreter") or []
     ]

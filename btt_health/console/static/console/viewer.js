@@ -2,7 +2,8 @@
 // (/viewer/images/..., the DICOMweb rendering with window=center,width), scrolled with the wheel,
 // arrow keys, Page Up/Down, Home/End or the slider; window/level from presets or by dragging
 // (a live SVG-filter preview while dragging, the exact rendering when the mouse is released);
-// zoom (+/-/0, ctrl+wheel, buttons) and shift-drag pan; AI findings marked on their image.
+// zoom (+/-/0, ctrl+wheel, buttons) and shift-drag pan; AI findings marked on the slice bar at
+// every image they rest on (best image, longest run, other positive images) and outlined on them.
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("viewer-data").textContent);
@@ -47,14 +48,28 @@
     slider.setAttribute("aria-valuetext", "image " + (state.index + 1) + " of " + images.length);
     readout.textContent = "Image " + (state.index + 1) + " / " + images.length + (ref.number != null ? " · #" + ref.number : "");
     wlReadout.textContent = state.window ? "W " + Math.round(state.window.w) + " L " + Math.round(state.window.c) : "W/L from image";
-    var finding = data.findings.filter(function (f) { return f.best_image === ref.sop_instance_uid; })[0];
+    var sop = ref.sop_instance_uid;
+    var finding = data.findings.filter(function (f) { return f.best_image === sop; })[0];
+    var supporting = finding ? null : data.findings.filter(function (f) {
+      return (f.positive_images || []).indexOf(sop) >= 0;
+    })[0];
     if (finding) {
       overlay.hidden = false;
       overlay.className = "finding-overlay" + (finding.positive ? " positive" : "");
+      overlay.dataset.kind = "best";
       overlay.textContent = finding.label + (finding.positive ? " suspected" : " not found") +
         " · " + Math.round(finding.probability) + " % (highest on this image)";
+    } else if (supporting) {
+      // Every image at or above the threshold is outlined; those of the longest run are the finding.
+      var inRun = (supporting.run_images || []).indexOf(sop) >= 0;
+      overlay.hidden = false;
+      overlay.className = "finding-overlay" + (supporting.positive && inRun ? " positive" : "") + (inRun ? " run" : " other");
+      overlay.dataset.kind = inRun ? "run" : "positive";
+      overlay.textContent = supporting.label + " · above the threshold on this image" +
+        (inRun ? " (" + supporting.run_images.length + " adjacent images)" : " (outside the longest run)");
     } else {
       overlay.hidden = true;
+      overlay.dataset.kind = "";
     }
     for (var d = 1; d <= 3; d++) { preload(state.index + d); preload(state.index - d); }
   }
@@ -74,13 +89,23 @@
   function drawMarks() {
     marks.innerHTML = "";
     var images = state.series.images;
+    // A mark per image the finding rests on: its best image, every image at or above the
+    // threshold, and (taller) those of the longest run of adjacent ones.
     data.findings.forEach(function (f) {
+      var positive = f.positive_images || [];
+      var run = f.run_images || [];
       images.forEach(function (ref, i) {
-        if (ref.sop_instance_uid !== f.best_image) return;
+        var sop = ref.sop_instance_uid;
+        var best = sop === f.best_image;
+        var inRun = run.indexOf(sop) >= 0;
+        if (!best && !inRun && positive.indexOf(sop) < 0) return;
         var mark = document.createElement("span");
-        mark.className = "mark" + (f.positive ? " positive" : "");
+        mark.className = "mark" + (f.positive && (best || inRun) ? " positive" : "") +
+          (inRun ? " run" : "") + (best ? " best" : "");
         mark.style.left = (images.length > 1 ? (i / (images.length - 1)) * 100 : 50) + "%";
-        mark.title = f.label;
+        mark.title = f.label + (best ? " (highest)" : inRun ? " (longest run)" : " (above threshold)") +
+          " · image " + (i + 1);
+        mark.dataset.sop = sop;
         marks.appendChild(mark);
       });
     });
