@@ -5,7 +5,10 @@ version of every record:
 - `index_resource(record, resource)` after a create/update/patch (replaces the record's rows),
 - `index_resources(pairs)` for many records at once (transaction Bundles, loaders): one DELETE
   and one multi-row INSERT per table for the whole batch,
-- `clear_index(record)` on delete.
+- `clear_index(record)` on delete,
+- `write_clauses(record, resource)`: what `index_resource` (or `clear_index`) writes, as clauses
+  of one statement that also writes the record and its version (the store's single-record writes
+  on PostgreSQL).
 
 Values come from `searchparams.extract_search_values` (the `search_values` contract); a parameter
 without values writes nothing, which is what `:missing=true` looks for.
@@ -84,12 +87,7 @@ def index_resources(pairs: list[tuple[ResourceRecord, dict]]) -> None:
     """`index_resource` for many records: one DELETE and at most one INSERT per index table."""
     if not pairs:
         return
-    from integrations.fhir.searchparams import extract_search_values
-
-    rows: dict[type, list[tuple]] = {model: [] for model in INDEX_MODELS}
-    for record, resource in pairs:
-        for model, row in _rows_for(record, extract_search_values(resource)):
-            rows[model].append(row)
+    rows = _index_rows(pairs)
     # A first version (version_id 1) has never been indexed: nothing to delete for it.
     _delete_rows([record.pk for record, _ in pairs if record.version_id > 1])
     for model, model_rows in rows.items():
@@ -102,17 +100,85 @@ def clear_index(record: ResourceRecord) -> None:
     _delete_rows([record.pk])
 
 
+def write_clauses(
+    record: ResourceRecord, resource: dict | None, *, record_id_sql: str | None = None
+) -> tuple[list[str], list]:
+    """PostgreSQL: what `index_resource` (or, with `resource` None, `clear_index`) writes, as
+    data-modifying clauses `name AS (statement)` for a `WITH` and their parameters, so the store
+    writes a record, its version and its index rows in one statement (one round trip).
+
+    Old rows are deleted when the record had a version before (`record.version_id > 1`). All the
+    clauses of one statement see the same snapshot, so the DELETEs remove only the rows written
+    before the statement, never the ones its INSERTs add. `record_id_sql` is an SQL expression
+    for the record id when it is not known yet (`(SELECT id FROM rec)`: the record the statement
+    inserts); else `record.pk` is used.
+    """
+    clauses: list[str] = []
+    params: list = []
+    if record.version_id > 1:
+        for number, model in enumerate(INDEX_MODELS):
+            table = connection.ops.quote_name(model._meta.db_table)
+            clauses.append(f"idx_del{number} AS (DELETE FROM {table} WHERE record_id = %s)")
+            params.append(record.pk)
+    if resource is None:
+        return clauses, params
+    for number, (model, rows) in enumerate(_index_rows([(record, resource)]).items()):
+        if not rows:
+            continue
+        # One array parameter per column (unnest zips them into rows), so the statement's text
+        # depends on which tables get rows, not on how many: few shapes to prepare.
+        clauses.append(f"idx_ins{number} AS ({_insert_unnest_sql(model, record_id_sql or '%s::bigint')})")
+        if not record_id_sql:
+            params.append(record.pk)
+        params.extend(list(column) for column in zip(*(row[1:] for row in rows), strict=True))
+    return clauses, params
+
+
+def _index_rows(pairs: list[tuple[ResourceRecord, dict]]) -> dict[type, list[tuple]]:
+    """The index rows of each record's resource, by index table."""
+    from integrations.fhir.searchparams import extract_search_values
+
+    rows: dict[type, list[tuple]] = {model: [] for model in INDEX_MODELS}
+    for record, resource in pairs:
+        for model, row in _rows_for(record, extract_search_values(resource)):
+            rows[model].append(row)
+    return rows
+
+
 # --- database writes ------------------------------------------------------------------------------
 
 
 @cache
 def _insert_sql(model: type) -> str:
+    return _insert_head(model) + "VALUES "
+
+
+@cache
+def _insert_head(model: type) -> str:
     meta = model._meta
     columns = ["record_id", "resource_type", "param", "group_no", *_VALUE_FIELDS[model]]
     quoted = ", ".join(
         connection.ops.quote_name(meta.get_field(c).column if c != "record_id" else c) for c in columns
     )
-    return f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({quoted}) VALUES "
+    return f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({quoted}) "
+
+
+# PostgreSQL array types of the index columns, by Django field type.
+_ARRAY_TYPES = {
+    "CharField": "text[]",
+    "TextField": "text[]",
+    "PositiveIntegerField": "integer[]",
+    "FloatField": "double precision[]",
+    "DateTimeField": "timestamptz[]",
+}
+
+
+@cache
+def _insert_unnest_sql(model: type, record_id_sql: str) -> str:
+    """INSERT of a record's rows given as one array per column after the record id (PostgreSQL)."""
+    columns = ["resource_type", "param", "group_no", *_VALUE_FIELDS[model]]
+    arrays = ", ".join(f"%s::{_ARRAY_TYPES[model._meta.get_field(c).get_internal_type()]}" for c in columns)
+    return f"{_insert_head(model)}SELECT {record_id_sql}, * FROM unnest({arrays})"
 
 
 def _insert(model: type, rows: list[tuple]) -> None:

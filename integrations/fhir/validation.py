@@ -72,6 +72,10 @@ def check_resource_type(resource_type: str) -> None:
         raise FhirError.single(404, "not-supported", f"'{resource_type}' is not a FHIR R4 resource type")
 
 
+# The model class of each type, looked up once (fhir.resources imports it by name on every call).
+_model_class = functools.cache(get_fhir_model_class)
+
+
 def _element_path(resource_type: str, loc: tuple[Any, ...]) -> str:
     path = resource_type
     for part in loc:
@@ -125,7 +129,7 @@ def validate_resource(resource: Any, *, expected_type: str | None = None) -> Non
                 400, "structure", "meta must be an object", expression=(f"{resource_type}.meta",)
             )
         return
-    model = get_fhir_model_class(resource_type)
+    model = _model_class(resource_type)
     try:
         model.model_validate(resource)
     except ValidationError as exc:

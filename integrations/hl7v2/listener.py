@@ -6,9 +6,11 @@ of `serve`) runs it.
 
 - Every connection is a coroutine reading frames (`mllp.FrameReader`); a complete message goes to
   `services.receive_message` in a worker thread (`BTT_MLLP_WORKERS`, each with its own database
-  connection), and its ACK is written back when that returns. Messages on one connection are
-  handled in order, one at a time (MLLP senders wait for each ACK); connections do not wait for
-  each other, and a slow database holds up only the connections whose messages wait for it.
+  connection; `workers.WorkerPool`: the thread of the connection's previous message when it is
+  idle, so a connection keeps to one thread and database session), and its ACK is written back
+  when that returns. Messages on one connection are handled in order, one at a time (MLLP
+  senders wait for each ACK); connections do not wait for each other, and a slow database holds
+  up only the connections whose messages wait for it.
 - Limits: `BTT_MLLP_MAX_CONNECTIONS` (more are closed at once), `BTT_MLLP_MAX_MESSAGE_BYTES` (an
   AR after the message's end block, the connection goes on), `BTT_MLLP_TIMEOUT` (a peer silent in
   the middle of a message, or a TLS handshake, is disconnected; nothing of that message is kept),
@@ -25,12 +27,12 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import close_old_connections
 
 from integrations.hl7v2 import mllp, services, tls
+from integrations.hl7v2.workers import Worker, WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,7 @@ class MllpListener:
         self.idle_timeout = settings.BTT_MLLP_IDLE_TIMEOUT
         self.max_connections = settings.BTT_MLLP_MAX_CONNECTIONS
         self.say = say or (lambda message: logger.info(message))
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.BTT_MLLP_WORKERS, thread_name_prefix="mllp-db"
-        )
+        self.workers = WorkerPool(settings.BTT_MLLP_WORKERS, "mllp-db")
         self.connections = 0
         self._tasks: set[asyncio.Task] = set()
 
@@ -87,7 +87,7 @@ class MllpListener:
             _, pending = await asyncio.wait(self._tasks, timeout=stop_timeout)
             for task in pending:
                 task.cancel()
-        self.executor.shutdown(wait=True)
+        self.workers.shutdown()
 
     async def _plain(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._connection(reader, writer, over_tls=False)
@@ -111,21 +111,23 @@ class MllpListener:
         frames = mllp.FrameReader(
             reader, max_bytes=self.max_bytes, timeout=self.timeout, idle_timeout=self.idle_timeout
         )
-        loop = asyncio.get_running_loop()
+        worker: Worker | None = None  # the thread of this connection's previous message
         try:
             while True:
                 try:
                     message = await frames.next_frame()
                 except mllp.TooLargeError as exc:
-                    answer = await loop.run_in_executor(
-                        self.executor, _reject_oversized, exc.prefix, exc.size, peer
+                    worker, answer = await asyncio.wrap_future(
+                        self.workers.submit(_reject_oversized, exc.prefix, exc.size, peer, prefer=worker)
                     )
                     writer.write(mllp.frame(answer))
                     await writer.drain()
                     continue
                 if message is None:
                     break
-                answer = await loop.run_in_executor(self.executor, _receive, message, peer, over_tls)
+                worker, answer = await asyncio.wrap_future(
+                    self.workers.submit(_receive, message, peer, over_tls, prefer=worker)
+                )
                 writer.write(mllp.frame(answer))
                 await writer.drain()
         except mllp.MllpError as exc:

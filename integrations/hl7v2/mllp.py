@@ -60,7 +60,9 @@ class FrameReader:
 
     async def _fill(self, timeout: float) -> bool:
         """Read more into the buffer; False at end of stream. TimeoutError when nothing came."""
-        chunk = await asyncio.wait_for(self.reader.read(_READ_SIZE), timeout)
+        # asyncio.timeout rather than wait_for: no task made per read (a read per message).
+        async with asyncio.timeout(timeout):
+            chunk = await self.reader.read(_READ_SIZE)
         if not chunk:
             return False
         self.buffer += chunk

@@ -42,12 +42,15 @@ import re
 import ssl
 from dataclasses import dataclass
 
+import orjson
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from integrations.fhir import store
+from btt_health import prepared
+from integrations.fhir import lookup, store
+from integrations.fhir.models.search_index import TOKEN_LEN, clip
 from integrations.fhir.outcomes import FhirError
 from integrations.fhir.search import find_matches
 from integrations.hl7v2 import er7, mapping, mllp, oru, reference, tls
@@ -89,12 +92,12 @@ def receive_message(raw: bytes, *, peer: str = "", over_tls: bool = False) -> Re
         logger.warning("HL7 message from %s rejected: %s", peer or "?", error.describe())
         return Received(ack.encode(default_codec), "AR", message_id, State.REJECTED)
     try:
-        row = _store_raw(raw, header, peer, over_tls)
+        row, twin = _store_raw(raw, header, peer, over_tls)
     except DatabaseError as exc:
         logger.exception("HL7 message from %s could not be stored", peer or "?")
         error = Hl7Error(f"the message could not be stored (database error: {_one_line(exc)}); send it again")
         return Received(build_ack(header, "AE", error=error).encode(header.codec), "AE", None, State.FAILED)
-    return _process(row, raw, header, reprocessing=False)
+    return _process(row, raw, header, reprocessing=False, twin=twin)
 
 
 def reprocess_message(message_id: int) -> InboundMessage:
@@ -136,31 +139,97 @@ def reject_oversized(prefix: bytes, size: int, *, peer: str = "") -> bytes:
     return build_ack(header, "AR", error=error).encode(codec)
 
 
-def _store_raw(raw: bytes, header: er7.Header, peer: str, over_tls: bool) -> InboundMessage:
-    """Insert the raw message (state received) and commit it.
+@dataclass(frozen=True)
+class _Twin:
+    """The processed row with the same sender and control ID as a message received."""
+
+    pk: int
+    ack: str
+    charset: str
+
+
+def _store_raw(
+    raw: bytes, header: er7.Header, peer: str, over_tls: bool
+) -> tuple[InboundMessage, _Twin | None]:
+    """Insert the raw message (state received) and commit it; the row, and the processed row with
+    the same sender and control ID if there is one (its twin: this message is a repeat).
 
     The commit does not wait for the disk (`synchronous_commit off` for this transaction only):
     it becomes durable with the next synchronous commit, at the latest the one that marks the
     message processed or failed, which comes before any ACK. A crash before then loses only a
     message that was never acknowledged, which the sender sends again.
+
+    On PostgreSQL outside any transaction (the listener) this is one prepared statement, committed
+    on its own (autocommit): the insert, `synchronous_commit` off for its transaction (`set_config`)
+    and the look-up of the twin, in one round trip.
     """
     enc = header.encoding
     message_type = header.raw(9).split(enc.repetition)[0].split(enc.component)
+    row = InboundMessage(
+        received_at=timezone.now(),
+        peer=peer[:100],
+        over_tls=over_tls,
+        raw=raw,
+        charset=header.codec,
+        sending_application=header.raw(3)[:180],
+        sending_facility=header.raw(4)[:180],
+        control_id=header.raw(10).strip()[:199],
+        message_type=enc.component.join(p.strip() for p in message_type[:2])[:40],
+        version=header.raw(12).split(enc.component)[0].strip()[:20],
+    )
+    if connection.vendor == "postgresql" and connection.get_autocommit():
+        with connection.cursor() as cursor:
+            prepared.execute(
+                cursor,
+                _STORE_RAW_SQL,
+                [
+                    row.received_at,
+                    row.peer,
+                    row.over_tls,
+                    raw,
+                    row.charset,
+                    row.sending_application,
+                    row.sending_facility,
+                    row.control_id,
+                    row.message_type,
+                    row.version,
+                    row.sending_application,
+                    row.sending_facility,
+                    row.control_id,
+                ],
+            )
+            pk, twin_pk, twin_ack, twin_charset = cursor.fetchone()
+        row.pk = pk
+        return row, _Twin(twin_pk, twin_ack, twin_charset) if twin_pk is not None else None
+    # Inside a transaction (a test's) or on SQLite: the ORM, then the look-up.
     with transaction.atomic(durable=True):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        return InboundMessage.objects.create(
-            peer=peer[:100],
-            over_tls=over_tls,
-            raw=raw,
-            charset=header.codec,
-            sending_application=header.raw(3)[:180],
-            sending_facility=header.raw(4)[:180],
-            control_id=header.raw(10).strip()[:199],
-            message_type=enc.component.join(p.strip() for p in message_type[:2])[:40],
-            version=header.raw(12).split(enc.component)[0].strip()[:20],
-        )
+        row.save(force_insert=True)
+    return row, _processed_twin(row)
+
+
+_TABLE = InboundMessage._meta.db_table
+_STORE_RAW_SQL = f"""
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
+stored AS (
+    INSERT INTO {_TABLE} (received_at, peer, over_tls, raw, charset, sending_application,
+        sending_facility, control_id, message_type, version, state, error, ack_code, ack, attempts,
+        resources)
+    SELECT %s::timestamptz, %s::text, %s::boolean, %s::bytea, %s::text, %s::text, %s::text, %s::text,
+        %s::text, %s::text, 'received', '', '', '', 0, '[]'::jsonb
+    FROM async_commit
+    RETURNING id
+)
+SELECT stored.id, twin.id, twin.ack, twin.charset
+FROM stored LEFT JOIN LATERAL (
+    SELECT id, ack, charset FROM {_TABLE}
+    WHERE sending_application = %s AND sending_facility = %s AND control_id = %s
+        AND state = 'processed'
+    ORDER BY id LIMIT 1
+) AS twin ON true
+"""
 
 
 def _store_unreadable(raw: bytes, peer: str, over_tls: bool, error: Hl7Error, ack: str) -> int | None:
@@ -180,27 +249,21 @@ def _store_unreadable(raw: bytes, peer: str, over_tls: bool, error: Hl7Error, ac
         return None
 
 
-def _process(row: InboundMessage, raw: bytes, header: er7.Header, *, reprocessing: bool) -> Received:
+def _process(
+    row: InboundMessage, raw: bytes, header: er7.Header, *, reprocessing: bool, twin: _Twin | None = None
+) -> Received:
+    """Apply a stored message and record the outcome. `twin`: the processed row with the same sender
+    and control ID, looked up when the message was stored (a repeat is answered with its ACK)."""
     codec = header.codec
     try:
         message = _parse(raw, header)
         code, trigger, version = _check_header(message)
-        if not reprocessing:
-            twin = _processed_twin(row)
-            if twin is not None:
-                return _answer_duplicate(row, twin)
+        if twin is not None and not reprocessing:
+            return _answer_duplicate(row, twin)
         with transaction.atomic(durable=True):
             resources = apply_message(message, code, trigger, version)
             ack = build_ack(header, "AA")
-            InboundMessage.objects.filter(pk=row.pk).update(
-                state=State.PROCESSED,
-                error="",
-                ack_code="AA",
-                ack=ack.text,
-                processed_at=timezone.now(),
-                resources=resources,
-                attempts=F("attempts") + 1,
-            )
+            _mark_processed(row.pk, ack.text, resources)
         return Received(ack.encode(codec), "AA", row.pk, State.PROCESSED)
     except Hl7Error as error:
         ack = build_ack(header, error.ack_code, error=error)
@@ -293,8 +356,31 @@ def _check_header(message: er7.Message) -> tuple[str, str, str]:
     return code, trigger, version
 
 
-def _processed_twin(row: InboundMessage) -> InboundMessage | None:
-    return (
+def _mark_processed(pk: int, ack: str, resources: list[str]) -> None:
+    """The row processed (AA), in the apply transaction. PostgreSQL: plain SQL (the ORM's
+    compilation of this UPDATE cost more than its round trip)."""
+    if connection.vendor != "postgresql":
+        InboundMessage.objects.filter(pk=pk).update(
+            state=State.PROCESSED,
+            error="",
+            ack_code="AA",
+            ack=ack,
+            processed_at=timezone.now(),
+            resources=resources,
+            attempts=F("attempts") + 1,
+        )
+        return
+    with connection.cursor() as cursor:
+        prepared.execute(
+            cursor,
+            f"UPDATE {_TABLE} SET state = 'processed', error = '', ack_code = 'AA', ack = %s, "
+            "processed_at = %s, resources = %s::jsonb, attempts = attempts + 1 WHERE id = %s",
+            [ack, timezone.now(), orjson.dumps(resources).decode(), pk],
+        )
+
+
+def _processed_twin(row: InboundMessage) -> _Twin | None:
+    found = (
         InboundMessage.objects.filter(
             sending_application=row.sending_application,
             sending_facility=row.sending_facility,
@@ -302,12 +388,13 @@ def _processed_twin(row: InboundMessage) -> InboundMessage | None:
             state=State.PROCESSED,
         )
         .exclude(pk=row.pk)
-        .only("pk", "ack", "charset")
+        .values_list("pk", "ack", "charset")
         .first()
     )
+    return _Twin(*found) if found is not None else None
 
 
-def _answer_duplicate(row: InboundMessage, twin: InboundMessage) -> Received:
+def _answer_duplicate(row: InboundMessage, twin: _Twin) -> Received:
     InboundMessage.objects.filter(pk=row.pk).update(
         state=State.DUPLICATE, duplicate_of=twin.pk, ack_code="AA", ack=twin.ack, attempts=F("attempts") + 1
     )
@@ -378,12 +465,10 @@ def upsert_patient(data: mapping.PatientData) -> str:
     which the DICOM node takes too), so two messages for a new patient make one Patient. Writes
     nothing when the Patient already says what the message says.
     """
-    _lock_identifiers("Patient", data.identifiers)
-    found = _find_by_identifiers("Patient", data.identifiers)
+    found = _find_by_identifiers("Patient", data.identifiers, lock=True)
     existing = None
     if found is not None:
-        survivor = _survivor(found)
-        existing = store.read_resource("Patient", survivor).as_dict()
+        survivor, existing = _survivor(found)
         if survivor != found:
             # A merged-away Patient stands for its survivor; its identifiers stay where they are.
             data = mapping.PatientData([], data.elements, data.removed)
@@ -456,8 +541,7 @@ def upsert_order(order: mapping.OrderData, patient_id: str) -> str:
     """The logical id of the order's ServiceRequest, updated or created: matched by the placer
     order number, else the filler order number (serialised per number like `upsert_patient`)."""
     keys = [i for i in order.identifiers if mapping._type_code(i) in ("PLAC", "FILL")]
-    _lock_identifiers("ServiceRequest", keys)
-    found = _find_by_identifiers("ServiceRequest", keys)
+    found = _find_by_identifiers("ServiceRequest", keys, lock=True)
     existing = store.read_resource("ServiceRequest", found).as_dict() if found else None
     request = mapping.merge_service_request(existing, order, patient_id)
     return _write("ServiceRequest", found, existing, request)
@@ -503,33 +587,39 @@ def _token(identifier: dict) -> str:
 
 
 def _lock_identifiers(resource_type: str, identifiers: list[dict]) -> None:
-    """Take the store's conditional-write locks of each identifier, in a fixed order (no deadlocks)."""
-    for token in sorted({_token(i) for i in identifiers}):
-        store.lock_criteria(resource_type, [("identifier", token)])
+    """Take the store's conditional-write locks of each identifier (the locks of
+    `identifier=<token>` conditional writes), in a fixed order (no deadlocks), in one statement."""
+    store.lock_all_criteria(resource_type, _lock_criteria(identifiers))
 
 
-def _find_by_identifiers(resource_type: str, identifiers: list[dict]) -> str | None:
-    """The resource matching the first identifier that matches any (the oldest when several do)."""
-    for identifier in identifiers:
-        match = (
-            find_matches(resource_type, [("identifier", _token(identifier))])
-            .values_list("logical_id", flat=True)
-            .first()
-        )
-        if match:
-            return match
+def _lock_criteria(identifiers: list[dict]) -> list[list[tuple[str, str]]]:
+    return [[("identifier", token)] for token in sorted({_token(i) for i in identifiers})]
+
+
+def _find_by_identifiers(resource_type: str, identifiers: list[dict], *, lock: bool = False) -> str | None:
+    """The resource matching the first identifier that matches any (the oldest when several do):
+    what `<type>?identifier=<token>` finds, asked for each identifier in turn, in one query.
+
+    With `lock`, the identifiers' locks (`_lock_identifiers`) are taken first, in the same round
+    trip: two messages for a new patient or order then make one resource."""
+    pairs = [(i.get("system") or None, i["value"]) for i in identifiers]
+    locks = _lock_criteria(identifiers) if lock else None
+    rows = lookup.find_by_identifiers(resource_type, pairs, locks=locks)
+    for system, value in pairs:
+        system, value = clip(system, TOKEN_LEN) or None, clip(value, TOKEN_LEN)
+        for logical_id, row_system, row_value in rows:  # oldest first
+            if row_value == value and (system is None or row_system == system):
+                return logical_id
     return None
 
 
-def _survivor(patient_id: str) -> str:
-    """Follow `replaced-by` links from a merged-away Patient to the one that survives."""
+def _survivor(patient_id: str) -> tuple[str, dict]:
+    """Follow `replaced-by` links from a merged-away Patient to the one that survives; its id and
+    its current content (read once)."""
     seen = {patient_id}
     current = patient_id
+    resource = store.read_resource("Patient", current).as_dict()
     for _ in range(MAX_LINK_HOPS):
-        try:
-            resource = store.read_resource("Patient", current).as_dict()
-        except FhirError:
-            return current
         target = next(
             (
                 store.parse_relative_reference(link.get("other", {}).get("reference", ""))
@@ -539,19 +629,22 @@ def _survivor(patient_id: str) -> str:
             None,
         )
         if target is None or target[0] != "Patient" or target[1] in seen:
-            return current
+            return current, resource
         seen.add(target[1])
         current = target[1]
-    return current
+        resource = store.read_resource("Patient", current).as_dict()  # FhirError: a link to nothing
+    return current, resource
 
 
 def _write(resource_type: str, logical_id: str | None, existing: dict | None, resource: dict) -> str:
-    """Create or update through the FHIR store; nothing when the content is unchanged."""
+    """Create or update through the FHIR store; nothing when the content is unchanged.
+
+    Without a savepoint: any error fails the whole message, whose transaction is rolled back."""
     if logical_id is None:
-        return store.create_resource(resource).stored.logical_id
+        return store.create_resource(resource, savepoint=False).stored.logical_id
     if existing is not None and _content(existing) == _content(resource):
         return logical_id
-    store.update_resource(resource_type, logical_id, {**resource, "id": logical_id})
+    store.update_resource(resource_type, logical_id, {**resource, "id": logical_id}, savepoint=False)
     return logical_id
 
 
