@@ -375,31 +375,31 @@ class NodeAssociationServer(ThreadedAssociationServer):
     - the TLS handshake runs in the connection's own thread (pynetdicom does it in the listening
       thread, so one client that connects and stays silent would block every other one);
 
-    and it can serve a listening socket it is given (`listen_socket`, bound by the parent of
-    several SCP processes, see `bind_listener`) instead of binding its own. Every process then
-    waits for connections on that one socket and whichever wakes first accepts: the least busy,
-    since a busy one holds its GIL. The others find nothing to accept (the socket is non-blocking)
-    and wait again.
+    and, as one of several SCP processes, it takes its connections from the parent that accepts
+    them (`handoff_socket`: a Unix socket over which `hand_off` passes each accepted connection)
+    instead of listening itself.
     """
 
-    def __init__(self, *args: Any, listen_socket: socket.socket | None = None, **kwargs: Any) -> None:
-        self._listen_socket = listen_socket
+    def __init__(self, *args: Any, handoff_socket: socket.socket | None = None, **kwargs: Any) -> None:
+        self._handoff_socket = handoff_socket
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        if self._listen_socket is None:
+        if self._handoff_socket is None:
             super().server_bind()
             return
         self.socket.close()
-        self.socket = self._listen_socket
-        self.server_address = self.socket.getsockname()
+        self.socket = self._handoff_socket
 
     def server_activate(self) -> None:
-        if self._listen_socket is None:
+        if self._handoff_socket is None:
             super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        client_socket, address = self.socket.accept()  # BlockingIOError (an OSError) when taken
+        if self._handoff_socket is None:
+            client_socket, address = self.socket.accept()
+        else:
+            client_socket, address = _handed_over(self.socket)
         client_socket.settimeout(self.ae.network_timeout)
         if self.ssl_context:
             client_socket = self.ssl_context.wrap_socket(
@@ -431,13 +431,19 @@ def _warm_up_task_queue() -> None:
         logger.warning("broker not reachable at start (%s); tasks will be queued once it is", exc)
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
-    """A listening TCP socket for SCP processes to share (see `NodeAssociationServer`): bound,
-    listening, non-blocking, inheritable by child processes."""
-    listener = socket.create_server((host, port), backlog=128, reuse_port=False)
-    listener.setblocking(False)
-    listener.set_inheritable(True)
-    return listener
+def hand_off(connection: socket.socket, to: socket.socket) -> None:
+    """Pass an accepted connection to an SCP process over its handoff socket (the parent of
+    several processes accepts, and spreads the connections over them in turn)."""
+    socket.send_fds(to, [b"c"], [connection.fileno()])
+
+
+def _handed_over(handoff: socket.socket) -> tuple[socket.socket, Any]:
+    """The next connection the parent handed over, and its peer address."""
+    _, fds, _, _ = socket.recv_fds(handoff, 1, 1)
+    if not fds:
+        raise OSError("the parent closed the handoff socket")
+    connection = socket.socket(fileno=fds[0])
+    return connection, connection.getpeername()
 
 
 def listener_ports() -> dict[str, int]:
@@ -451,8 +457,8 @@ def listener_ports() -> dict[str, int]:
 class DicomNode:
     """The running SCP: `start()` its listeners, `stop()` them (see the module docstring).
 
-    `listen_sockets` (by `listener_ports()` name) are listening sockets to serve instead of
-    binding its own: one of several SCP processes (`manage.py dicom_scp --processes N`)."""
+    `handoff_sockets` (by `listener_ports()` name): one of several SCP processes (`manage.py
+    dicom_scp --processes N`), taking the connections of each listener from those sockets."""
 
     def __init__(
         self,
@@ -460,14 +466,14 @@ class DicomNode:
         host: str | None = None,
         port: int | None = None,
         tls_port: int | None = None,
-        listen_sockets: dict[str, socket.socket] | None = None,
+        handoff_sockets: dict[str, socket.socket] | None = None,
         max_associations: int | None = None,
     ) -> None:
         configure_pynetdicom()
         self.host = host or settings.BTT_DICOM_HOST
         self.port = settings.BTT_DICOM_PORT if port is None else port
         self.tls_port = settings.BTT_DICOM_TLS_PORT if tls_port is None else tls_port
-        self.listen_sockets = listen_sockets or {}
+        self.handoff_sockets = handoff_sockets or {}
         self.ae = build_ae()
         if max_associations is not None:
             self.ae.maximum_associations = max_associations
@@ -480,7 +486,7 @@ class DicomNode:
             evt_handlers=handlers(),
             server_class=NodeAssociationServer,
             contexts=SharedContexts(self.ae.supported_contexts),
-            listen_socket=self.listen_sockets.get(name),
+            handoff_socket=self.handoff_sockets.get(name),
         )
         thread = threading.Thread(target=server.serve_forever, name=f"dicom-listener-{port}", daemon=True)
         thread.start()
