@@ -496,6 +496,7 @@ class DicomNode:
 
     def start(self) -> list[str]:
         """Start listening; returns what listens where, one line each."""
+        get_instance_storage().prepare()
         removed = services.cleanup_staging()
         if removed:
             logger.info("removed %d stale staged file(s)", removed)

@@ -7,8 +7,11 @@ backend (`BTT_DICOM_STORAGE`): only `filesystem` today, so that object storage c
 later as another class with the same methods.
 
 `FileSystemStorage` lays files out under `BTT_DICOM_STORAGE_DIR` (default `$BTT_DATA_DIR/dicom`)
-as `ab/cd/<sha256 of the SOP Instance UID>.dcm` (two levels of 256 folders keep directories small),
-and stages incoming data in `incoming/` on the same file system so that storing is a rename:
+as `abc/<sha256 of the SOP Instance UID>.dcm`: 4,096 folders (2,500 files each at ten million
+instances), all made before the first file is stored (`_FOLDERS_MADE` marks it), so that no
+instance pays for a new folder and its parent's fsync. Keys of the earlier two-level layout
+(`ab/cd/<sha256>.dcm`) stay readable. Incoming data is staged in `incoming/` on the same file
+system so that storing is a rename:
 
 - `put_file(temp_path, name)` moves the file into place without overwriting anything (a hard
   link, then unlinking the temporary name; a copy across file systems), makes it durable (fsync
@@ -43,6 +46,10 @@ class StorageError(Exception):
 
 class InstanceStorage(Protocol):
     """What the DICOM node needs from an instance storage backend."""
+
+    def prepare(self) -> None:
+        """Make the storage ready to take files (the SCP calls it when it starts, so that the
+        first instance does not wait for it); idempotent."""
 
     def staging_dir(self) -> Path:
         """A local folder for files being received, on the same file system as the store where
@@ -122,6 +129,10 @@ class PendingPut:
         return self.key
 
 
+# In the storage folder once all folders of the layout are made.
+_FOLDERS_MADE = ".folders-made"
+
+
 class FileSystemStorage:
     """Instance files in a local (or mounted shared) folder; see the module docstring."""
 
@@ -129,35 +140,45 @@ class FileSystemStorage:
         self.root = Path(root)
         self._incoming = self.root / "incoming"
         self._made_dirs: set[Path] = set()
+        self._folders_ready = False
         self._lock = threading.Lock()
 
     # --- keys and paths ---------------------------------------------------------------------
 
     @staticmethod
     def key_for(name: str) -> str:
-        """The preferred key of the instance `name` (its SOP Instance UID): `ab/cd/<sha256>.dcm`."""
+        """The preferred key of the instance `name` (its SOP Instance UID): `abc/<sha256>.dcm`."""
         digest = hashlib.sha256(name.encode("ascii", "replace")).hexdigest()
-        return f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+        return f"{digest[:3]}/{digest}.dcm"
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
-        if len(parts) != 3 or any(not p or p in (".", "..") for p in parts) or "\\" in key:
+        if (
+            len(parts) not in (2, 3)
+            or any(not p or p in (".", "..") for p in parts)
+            or "\\" in key
+            or not key.endswith(".dcm")
+        ):
             raise ValueError(f"not an instance storage key: {key!r}")
         return self.root.joinpath(*parts)
 
-    def _ensure_dir(self, folder: Path) -> list[Path]:
-        """Make `folder` (and its parent); return the folders whose entries changed (to fsync)."""
-        if folder in self._made_dirs:
-            return []
-        changed = []
-        if not folder.parent.exists():
-            changed.append(folder.parent.parent)
-        if not folder.exists():
-            changed.append(folder.parent)
-        folder.mkdir(parents=True, exist_ok=True)
+    def prepare(self) -> None:
+        self._make_folders()
+
+    def _make_folders(self) -> None:
+        """All 4,096 folders of the layout, once per storage (`_FOLDERS_MADE`), durably."""
+        if self._folders_ready:
+            return
         with self._lock:
-            self._made_dirs.add(folder)
-        return changed
+            marker = self.root / _FOLDERS_MADE
+            if not marker.exists():
+                self.root.mkdir(parents=True, exist_ok=True)
+                for number in range(4096):
+                    (self.root / f"{number:03x}").mkdir(exist_ok=True)
+                _fsync_dir(self.root)
+                marker.touch()
+                _fsync_dir(self.root)
+            self._folders_ready = True
 
     # --- the interface ----------------------------------------------------------------------
 
@@ -177,8 +198,12 @@ class FileSystemStorage:
         temp_path = Path(temp_path)
         key = self.key_for(name)
         try:
+            self._make_folders()
             target = self._path(key)
-            changed = self._ensure_dir(target.parent)
+            changed = []
+            if not target.parent.is_dir():  # removed by hand since: made again, durably
+                target.parent.mkdir(parents=True, exist_ok=True)
+                changed.append(target.parent.parent)
             if not self._place(temp_path, target):  # the preferred key is taken: never overwrite
                 key = f"{key[:-4]}.{secrets.token_hex(6)}.dcm"
                 target = self._path(key)
@@ -242,20 +267,26 @@ class FileSystemStorage:
     def iter_keys(self) -> Iterator[tuple[str, float]]:
         if not self.root.is_dir():
             return
-        for first in _subfolders(self.root):
-            if first.name == self._incoming.name:
+        for folder in _subfolders(self.root):
+            if folder.name == self._incoming.name:
                 continue
-            for second in _subfolders(Path(first.path)):
-                with os.scandir(second.path) as files:
-                    for entry in files:
-                        if entry.is_file() and entry.name.endswith(".dcm"):
-                            with contextlib.suppress(FileNotFoundError):
-                                yield f"{first.name}/{second.name}/{entry.name}", entry.stat().st_mtime
+            yield from _files(Path(folder.path), folder.name)
+            for inner in _subfolders(Path(folder.path)):  # the two-level layout of earlier keys
+                yield from _files(Path(inner.path), f"{folder.name}/{inner.name}")
 
 
 def _subfolders(path: Path) -> list[os.DirEntry]:
     with os.scandir(path) as entries:
         return [entry for entry in entries if entry.is_dir()]
+
+
+def _files(folder: Path, prefix: str) -> Iterator[tuple[str, float]]:
+    """(key, mtime) of the stored files directly in `folder`, whose keys start with `prefix`."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file() and entry.name.endswith(".dcm"):
+                with contextlib.suppress(FileNotFoundError):
+                    yield f"{prefix}/{entry.name}", entry.stat().st_mtime
 
 
 _storage: InstanceStorage | None = None

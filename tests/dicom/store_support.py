@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
 from integrations.dicom.dataset_check import read_file_meta
+from integrations.dicom.storage import _FOLDERS_MADE
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -172,14 +173,15 @@ def corrupt_vr(source: Path, keyword_vr: bytes, tag: bytes, bad_vr: bytes, targe
 
 
 def storage_files(root: Path) -> set[str]:
-    """Every file below the instance storage folder `root` (relative paths), staging included."""
+    """Every file below the instance storage folder `root` (relative paths), staging included, but
+    not the layout's marker (`storage._FOLDERS_MADE`)."""
     if not root.exists():
         return set()
     found = set()
     for folder, _, files in os.walk(root):
         for name in files:
             found.add(str(Path(folder, name).relative_to(root)))
-    return found
+    return found - {_FOLDERS_MADE}
 
 
 def copy_to(source: Path, folder: Path, name: str | None = None) -> Path:

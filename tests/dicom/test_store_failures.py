@@ -41,12 +41,14 @@ def _root() -> Path:
 def test_storage_failure_in_the_node_answers_out_of_resources(dicom_node: DicomNode, tmp_path: Path) -> None:
     """The folder the instance's file belongs in cannot be made (a file is in the way)."""
     root = _root()
-    while True:  # a SOP Instance UID whose second-level folder does not exist yet
+    while True:  # a SOP Instance UID whose folder is empty (or not made yet): replaced by a file
         sop = new_uid()
         key = FileSystemStorage.key_for(sop)
         blocker = root / key.rsplit("/", 1)[0]
-        if not blocker.exists():
+        if not blocker.exists() or not any(blocker.iterdir()):
             break
+    if blocker.exists():
+        blocker.rmdir()
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder")
     before = storage_files(root)

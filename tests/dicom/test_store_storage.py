@@ -29,10 +29,10 @@ def test_layout_and_round_trip(store: FileSystemStorage) -> None:
     digest = hashlib.sha256(uid.encode()).hexdigest()
     staged = _staged(store, b"first")
     key = store.put_file(staged, uid)
-    assert key == f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+    assert key == f"{digest[:3]}/{digest}.dcm"
     assert not staged.exists(), "the staged file is moved, not copied"
     assert store.exists(key)
-    assert store.path(key) == store.root / digest[:2] / digest[2:4] / f"{digest}.dcm"
+    assert store.path(key) == store.root / digest[:3] / f"{digest}.dcm"
     with store.open(key) as handle:
         assert handle.read() == b"first"
     assert store.size(key) == 5
@@ -102,3 +102,36 @@ def test_get_instance_storage_follows_the_settings(settings, tmp_path: Path) -> 
     assert get_instance_storage() is first
     settings.BTT_DICOM_STORAGE_DIR = tmp_path / "b"
     assert get_instance_storage().root == tmp_path / "b"
+
+
+def test_all_folders_of_the_layout_are_made_before_the_first_file(store: FileSystemStorage) -> None:
+    """So that no instance pays for a new folder (and its parent's fsync) while a sender waits."""
+    assert not store.root.exists()
+    store.put_file(_staged(store, b"first"), "1.2.3.8")
+    folders = {p.name for p in store.root.iterdir() if p.is_dir()}
+    assert {f"{n:03x}" for n in range(4096)} <= folders
+    assert (store.root / storage_module._FOLDERS_MADE).exists()
+
+
+def test_a_folder_removed_by_hand_is_made_again(store: FileSystemStorage) -> None:
+    uid = "1.2.3.9"
+    folder = store.root / FileSystemStorage.key_for(uid).split("/")[0]
+    store.put_file(_staged(store, b"other"), "1.2.3.10")
+    folder.rmdir()
+    key = store.put_file(_staged(store, b"again"), uid)
+    assert store.open(key).read() == b"again"
+
+
+def test_keys_of_the_two_level_layout_stay_readable(store: FileSystemStorage) -> None:
+    """Instances stored before the layout became one level (`ab/cd/<sha256>.dcm`)."""
+    digest = hashlib.sha256(b"1.2.3.11").hexdigest()
+    old_key = f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+    (store.root / digest[:2] / digest[2:4]).mkdir(parents=True)
+    (store.root / digest[:2] / digest[2:4] / f"{digest}.dcm").write_bytes(b"old")
+    new_key = store.put_file(_staged(store, b"new"), "1.2.3.12")
+    assert store.exists(old_key)
+    assert store.open(old_key).read() == b"old"
+    assert store.size(old_key) == 3
+    assert {key for key, _ in store.iter_keys()} == {old_key, new_key}
+    store.delete(old_key)
+    assert not store.exists(old_key)
