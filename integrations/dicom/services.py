@@ -564,11 +564,10 @@ def _index(
     with transaction.atomic(durable=True):
         transaction.on_commit(outcome.mark_committed)  # first hook: runs before any other
         fast = _insert_into_known_series(header, fields) if try_fast else None
-        if fast == "duplicate":
-            _record_fast_insert(fast, header, outcome)
-            return  # (the caller discards the copy placed for nothing)
         if fast is not None:
             _record_fast_insert(fast, header, outcome)
+            if fast == "duplicate":
+                return  # (the caller discards the copy placed for nothing)
         else:
             instance, result, new_study, new_series = _index_with_orm(
                 header, fields, policy, look_for_existing
