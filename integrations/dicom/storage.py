@@ -7,10 +7,10 @@ backend (`BTT_DICOM_STORAGE`): only `filesystem` today, so that object storage c
 later as another class with the same methods.
 
 `FileSystemStorage` lays files out under `BTT_DICOM_STORAGE_DIR` (default `$BTT_DATA_DIR/dicom`)
-as `abc/<sha256 of the SOP Instance UID>.dcm`: 4,096 folders (2,500 files each at ten million
-instances), all made before the first file is stored (`_FOLDERS_MADE` marks it), so that no
-instance pays for a new folder and its parent's fsync. Keys of the earlier two-level layout
-(`ab/cd/<sha256>.dcm`) stay readable. Incoming data is staged in `incoming/` on the same file
+as `ab/<sha256 of the SOP Instance UID>.dcm`: 256 folders (40,000 files each at ten million
+instances, which ext4's and XFS's hashed directories handle well), all made before the first
+file is stored (`_FOLDERS_MADE` marks it), so that no instance pays for a new folder and its
+parent's fsync. Keys of the earlier two-level layout (`ab/cd/<sha256>.dcm`) stay readable. Incoming data is staged in `incoming/` on the same file
 system so that storing is a rename:
 
 - `put_file(temp_path, name)` moves the file into place without overwriting anything (a hard
@@ -147,9 +147,9 @@ class FileSystemStorage:
 
     @staticmethod
     def key_for(name: str) -> str:
-        """The preferred key of the instance `name` (its SOP Instance UID): `abc/<sha256>.dcm`."""
+        """The preferred key of the instance `name` (its SOP Instance UID): `ab/<sha256>.dcm`."""
         digest = hashlib.sha256(name.encode("ascii", "replace")).hexdigest()
-        return f"{digest[:3]}/{digest}.dcm"
+        return f"{digest[:2]}/{digest}.dcm"
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -166,15 +166,15 @@ class FileSystemStorage:
         self._make_folders()
 
     def _make_folders(self) -> None:
-        """All 4,096 folders of the layout, once per storage (`_FOLDERS_MADE`), durably."""
+        """All 256 folders of the layout, once per storage (`_FOLDERS_MADE`), durably."""
         if self._folders_ready:
             return
         with self._lock:
             marker = self.root / _FOLDERS_MADE
             if not marker.exists():
                 self.root.mkdir(parents=True, exist_ok=True)
-                for number in range(4096):
-                    (self.root / f"{number:03x}").mkdir(exist_ok=True)
+                for number in range(256):
+                    (self.root / f"{number:02x}").mkdir(exist_ok=True)
                 _fsync_dir(self.root)
                 marker.touch()
                 _fsync_dir(self.root)

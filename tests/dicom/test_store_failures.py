@@ -41,17 +41,15 @@ def _root() -> Path:
 def test_storage_failure_in_the_node_answers_out_of_resources(dicom_node: DicomNode, tmp_path: Path) -> None:
     """The folder the instance's file belongs in cannot be made (a file is in the way)."""
     root = _root()
-    while True:  # a SOP Instance UID whose folder is empty (or not made yet): replaced by a file
-        sop = new_uid()
-        key = FileSystemStorage.key_for(sop)
-        blocker = root / key.rsplit("/", 1)[0]
-        if not blocker.exists() or not any(blocker.iterdir()):
-            break
+    before = storage_files(root)
+    sop = new_uid()
+    key = FileSystemStorage.key_for(sop)
+    blocker = root / key.rsplit("/", 1)[0]
+    moved = blocker.with_name(blocker.name + ".moved-by-test")
     if blocker.exists():
-        blocker.rmdir()
+        blocker.rename(moved)  # (other tests' files: put back afterwards)
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder")
-    before = storage_files(root)
     try:
         status = send_file_raw(
             dicom_node.host,
@@ -61,10 +59,11 @@ def test_storage_failure_in_the_node_answers_out_of_resources(dicom_node: DicomN
         )
     finally:
         blocker.unlink()
+        if moved.exists():
+            moved.rename(blocker)
     assert status.Status == 0xA700  # Refused: out of resources
     assert status.ErrorComment == "out of resources: storage write failed"
-    assert storage_files(root) == before - {str(blocker.relative_to(root))}
-    assert not any(name.startswith(key[:-4]) for name in storage_files(root))
+    assert storage_files(root) == before, "nothing stored, nothing left behind"
     assert not list((root / "incoming").glob("*"))
     assert _index_is_empty()
     assert "storage failed" in dicom_node.log()

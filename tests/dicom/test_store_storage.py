@@ -29,10 +29,10 @@ def test_layout_and_round_trip(store: FileSystemStorage) -> None:
     digest = hashlib.sha256(uid.encode()).hexdigest()
     staged = _staged(store, b"first")
     key = store.put_file(staged, uid)
-    assert key == f"{digest[:3]}/{digest}.dcm"
+    assert key == f"{digest[:2]}/{digest}.dcm"
     assert not staged.exists(), "the staged file is moved, not copied"
     assert store.exists(key)
-    assert store.path(key) == store.root / digest[:3] / f"{digest}.dcm"
+    assert store.path(key) == store.root / digest[:2] / f"{digest}.dcm"
     with store.open(key) as handle:
         assert handle.read() == b"first"
     assert store.size(key) == 5
@@ -109,7 +109,7 @@ def test_all_folders_of_the_layout_are_made_before_the_first_file(store: FileSys
     assert not store.root.exists()
     store.put_file(_staged(store, b"first"), "1.2.3.8")
     folders = {p.name for p in store.root.iterdir() if p.is_dir()}
-    assert {f"{n:03x}" for n in range(4096)} <= folders
+    assert folders == {f"{n:02x}" for n in range(256)} | {"incoming"}
     assert (store.root / storage_module._FOLDERS_MADE).exists()
 
 
