@@ -70,6 +70,7 @@ from fhir_benchmark import (
     manage,
     record,
     stop_group,
+    targets_passed,
     wait_ready,
 )
 from make_ct_series import Series, SeriesSpec, ensure_series
@@ -1007,12 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             print("not recorded (--no-record)")
-        passed = all(
-            line.endswith("| PASS |")
-            for line in table.splitlines()
-            if line.endswith(("| PASS |", "| FAIL |"))
-        )
-        return 0 if passed and not problems else 1
+        return 0 if targets_passed(table) and not problems else 1
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
         return 2

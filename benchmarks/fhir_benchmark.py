@@ -963,6 +963,13 @@ def report(
     return "\n".join(lines + notes)
 
 
+def targets_passed(table: str) -> bool:
+    """Whether every target row of a results table (a row ending in PASS or FAIL) passed."""
+    return all(
+        line.endswith("| PASS |") for line in table.splitlines() if line.endswith(("| PASS |", "| FAIL |"))
+    )
+
+
 def record(
     table: str,
     machine: dict[str, str],
@@ -1145,12 +1152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             print("not recorded (--no-record)")
-        passed = all(
-            line.endswith("| PASS |")
-            for line in table.splitlines()
-            if line.endswith(("| PASS |", "| FAIL |"))
-        )
-        return 0 if passed and not problems else 1
+        return 0 if targets_passed(table) and not problems else 1
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
         return 2

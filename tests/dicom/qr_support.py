@@ -11,6 +11,7 @@ makes one study of pydicom test files in ten transfer syntaxes.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import time
@@ -397,3 +398,15 @@ def assert_same_instance(received: Path, original: Path, label: str = "") -> Non
     assert a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID, label
     assert a.get("PixelData") == b.get("PixelData"), label
     assert elements(a) == elements(b), label
+
+
+def final_status(output: str) -> str:
+    """The last DIMSE status a DCMTK tool printed with `-d` (e.g. "0x0000: Success"), or ""."""
+    statuses = re.findall(r"DIMSE Status\s*:\s*(0x[0-9a-f]{4}[^\n]*)", output)
+    return statuses[-1].strip() if statuses else ""
+
+
+def counter(output: str, name: str) -> int:
+    """A sub-operation counter of the last C-MOVE / C-GET response a DCMTK tool printed (-1: none)."""
+    values = re.findall(rf"{name}\s*:\s*(\d+)", output)
+    return int(values[-1]) if values else -1

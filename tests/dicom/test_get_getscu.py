@@ -9,7 +9,6 @@ transcoded); a calling AE without allow_get (0xC001); a bad level (0xA900).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from tests.dicom.conftest import DicomNode, run_dcmtk
-from tests.dicom.qr_support import dataset_bytes, files_by_sop_uid, store, transfer_syntax_samples, uid, write
+from tests.dicom.qr_support import (
+    counter,
+    dataset_bytes,
+    files_by_sop_uid,
+    final_status,
+    store,
+    transfer_syntax_samples,
+    uid,
+    write,
+)
 
 STUDY = "get-study"
 
@@ -68,16 +76,6 @@ def getscu(node: DicomNode, folder: Path, *keys: str, options: tuple = ()) -> st
         args += ["-k", key]
     result = run_dcmtk("getscu", *args, timeout=120)
     return result.stdout + result.stderr
-
-
-def final_status(output: str) -> str:
-    statuses = re.findall(r"DIMSE Status\s*:\s*(0x[0-9a-f]{4}[^\n]*)", output)
-    return statuses[-1].strip() if statuses else ""
-
-
-def counter(output: str, name: str) -> int:
-    values = re.findall(rf"{name}\s*:\s*(\d+)", output)
-    return int(values[-1]) if values else -1
 
 
 def series_keys(label: str) -> tuple[str, ...]:

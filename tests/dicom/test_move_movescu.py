@@ -12,7 +12,6 @@ calling AE without allow_move (0xC001); a bad level (0xA900).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,9 @@ from tests.dicom.conftest import DicomNode, run_dcmtk
 from tests.dicom.qr_support import (
     COMPRESSED_LABELS,
     StoreScp,
+    counter,
     dataset_bytes,
+    final_status,
     make_image,
     start_storescp,
     store,
@@ -103,17 +104,6 @@ def movescu(node: DicomNode, destination: str, *keys: str, model: str = "-S", ae
         args += ["-k", key]
     result = run_dcmtk("movescu", *args, timeout=120)
     return result.stdout + result.stderr
-
-
-def final_status(output: str) -> str:
-    statuses = re.findall(r"DIMSE Status\s*:\s*(0x[0-9a-f]{4}[^\n]*)", output)
-    return statuses[-1].strip() if statuses else ""
-
-
-def counter(output: str, name: str) -> int:
-    """A sub-operation counter of the last C-MOVE response (movescu -d prints them)."""
-    values = re.findall(rf"{name}\s*:\s*(\d+)", output)
-    return int(values[-1]) if values else -1
 
 
 def test_move_study_sends_every_instance_as_stored(node: DicomNode, destinations, sources) -> None:
