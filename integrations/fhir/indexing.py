@@ -130,8 +130,39 @@ def write_clauses(
         clauses.append(f"idx_ins{number} AS ({_insert_unnest_sql(model, record_id_sql or '%s::bigint')})")
         if not record_id_sql:
             params.append(record.pk)
-        params.extend(list(column) for column in zip(*(row[1:] for row in rows), strict=True))
+        params.extend(_array_literal(column) for column in zip(*(row[1:] for row in rows), strict=True))
     return clauses, params
+
+
+def _array_literal(values: tuple) -> str:
+    """The PostgreSQL array literal (`{"a","b"}`) of one column's values (str, int, float,
+    datetime), for a `%s::<type>[]` parameter: psycopg2 quotes one string, where a list costs it
+    about a microsecond per item (a Patient's write had ~150 µs of parameter adaptation)."""
+    kinds = {value.__class__ for value in values}
+    if kinds == {str}:
+        text = '","'.join(values)
+        if "\\" in text or '"' in text:
+            text = '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+        return f'{{"{text}"}}'
+    if kinds == {int}:
+        return "{" + ",".join(map(str, values)) + "}"
+    return "{" + ",".join(map(_array_element, values)) + "}"
+
+
+def _array_element(value) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if value is None:
+        return "NULL"
+    if isinstance(value, datetime):
+        return f'"{value.isoformat()}"'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        # repr: the shortest exact form ('inf', 'nan' and '1e+300' included), which float8in
+        # reads back as the same double.
+        return repr(value)
+    raise TypeError(f"no array literal for {type(value).__name__} values")
 
 
 def _index_rows(pairs: list[tuple[ResourceRecord, dict]]) -> dict[type, list[tuple]]:

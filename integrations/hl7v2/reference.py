@@ -89,6 +89,10 @@ def parse_datetime(value: str) -> HL7DateTime:
     Raises ValueError naming the value when it is not one (hl7apy's parser decides).
     """
     value = value.strip()
+    if len(value) == 8 and value.isascii() and value.isdigit():
+        # A plain date (a birth date, the common case): what hl7apy's parser makes of it
+        # (strptime "%Y%m%d"), without its regular expressions; ValueError for a date that is none.
+        return HL7DateTime(dt.datetime(int(value[:4]), int(value[4:6]), int(value[6:])), "day", "")
     info = hl7apy_utils.get_datetime_info(value)
     moment, fmt, offset = info[0], info[1], info[2]
     precision = {

@@ -40,6 +40,8 @@ import datetime as dt
 import logging
 import re
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import orjson
@@ -260,10 +262,10 @@ def _process(
         code, trigger, version = _check_header(message)
         if twin is not None and not reprocessing:
             return _answer_duplicate(row, twin)
-        with transaction.atomic(durable=True):
+        with _apply_transaction() as apply:
             resources = apply_message(message, code, trigger, version)
             ack = build_ack(header, "AA")
-            _mark_processed(row.pk, ack.text, resources)
+            _mark_processed(row.pk, ack.text, resources, apply=apply)
         return Received(ack.encode(codec), "AA", row.pk, State.PROCESSED)
     except Hl7Error as error:
         ack = build_ack(header, error.ack_code, error=error)
@@ -356,9 +358,93 @@ def _check_header(message: er7.Message) -> tuple[str, str, str]:
     return code, trigger, version
 
 
-def _mark_processed(pk: int, ack: str, resources: list[str]) -> None:
-    """The row processed (AA), in the apply transaction. PostgreSQL: plain SQL (the ORM's
-    compilation of this UPDATE cost more than its round trip)."""
+class _ApplyTransaction:
+    """The state of one `_apply_transaction` block (see there)."""
+
+    def __init__(self, explicit: bool) -> None:
+        # True: BEGIN and COMMIT travel in the statements' text (PostgreSQL, outside a transaction).
+        self.explicit = explicit
+        self.begun = False
+        self.committed = False
+
+    def begin_with_first_statement(self, execute, sql, params, many, context):
+        """A Django execute wrapper: BEGIN sent in front of the block's first statement."""
+        if not self.begun:
+            self.begun = True
+            if many:  # executemany would repeat a prefix for every parameter set
+                with context["connection"].wrap_database_errors:
+                    context["cursor"].cursor.execute("BEGIN")
+            else:
+                sql = f"BEGIN; {sql}"
+        return execute(sql, params, many, context)
+
+    def commit_suffix(self) -> str:
+        """What the block's last statement appends to commit in the same round trip ('' when the
+        COMMIT is left to the end of the block); once that statement ran, the caller reports it
+        with `ran_last_statement(suffix)`."""
+        return "; COMMIT" if self.explicit and self.begun else ""
+
+    def ran_last_statement(self, suffix: str) -> None:
+        if suffix:
+            self.committed = True
+
+
+@contextmanager
+def _apply_transaction() -> Iterator[_ApplyTransaction]:
+    """`transaction.atomic(durable=True)` for applying a message, two round trips cheaper on
+    PostgreSQL: psycopg2 sends BEGIN as a round trip of its own before the first statement, and
+    COMMIT as another. Here the driver connection is put in autocommit mode for the block (it then
+    sends neither, and its commit and rollback do nothing), BEGIN goes in front of the block's
+    first statement run through Django's cursors, and the block's last statement may carry the
+    COMMIT (`commit_suffix`); else the COMMIT is sent on leaving the block. The commit is
+    synchronous as before, and nothing follows an ACK that it has not waited for. On an error the
+    block is rolled back before the error leaves it.
+
+    Django still sees an atomic block (nested `atomic` calls make savepoints or nothing, and
+    `on_commit` callbacks run once the COMMIT is done). Statements sent on the driver's cursor
+    directly (not through Django's) must not be the first of the block: they would run before the
+    BEGIN. Elsewhere (SQLite, or inside a caller's transaction) this is plain `atomic`.
+    """
+    if connection.vendor != "postgresql" or not connection.get_autocommit():
+        with transaction.atomic(durable=True):
+            yield _ApplyTransaction(explicit=False)
+        return
+    block = _ApplyTransaction(explicit=True)
+    with transaction.atomic(durable=True):
+        # atomic has connected and switched the driver to manual commit, with nothing sent yet.
+        connection.connection.autocommit = True
+        try:
+            with connection.execute_wrapper(block.begin_with_first_statement):
+                yield block
+            if block.begun and not block.committed:
+                with connection.cursor() as cursor:
+                    cursor.execute("COMMIT")
+                block.committed = True
+        except BaseException:
+            # Before atomic's exit, which restores the driver's mode and runs no ROLLBACK of its own.
+            if block.begun and not block.committed:
+                _rollback_explicit()
+            raise
+
+
+def _rollback_explicit() -> None:
+    """End an `_apply_transaction` block that failed (a COMMIT that failed has ended it already:
+    the ROLLBACK then only draws a warning). A connection that cannot take it is closed, which
+    ends the transaction on the server as well."""
+    try:
+        with connection.connection.cursor() as cursor:
+            cursor.execute("ROLLBACK")
+    except Exception:
+        logger.exception("could not roll back an HL7 apply transaction; closing the connection")
+        connection.close()
+
+
+def _mark_processed(
+    pk: int, ack: str, resources: list[str], *, apply: _ApplyTransaction | None = None
+) -> None:
+    """The row processed (AA), in the apply transaction, as its last statement: with `apply` the
+    COMMIT travels with it (`_apply_transaction`). PostgreSQL: plain SQL (the ORM's compilation
+    of this UPDATE cost more than its round trip)."""
     if connection.vendor != "postgresql":
         InboundMessage.objects.filter(pk=pk).update(
             state=State.PROCESSED,
@@ -370,13 +456,19 @@ def _mark_processed(pk: int, ack: str, resources: list[str]) -> None:
             attempts=F("attempts") + 1,
         )
         return
+    suffix = apply.commit_suffix() if apply is not None else ""
+    params = [ack, timezone.now(), orjson.dumps(resources).decode(), pk]
     with connection.cursor() as cursor:
-        prepared.execute(
-            cursor,
-            f"UPDATE {_TABLE} SET state = 'processed', error = '', ack_code = 'AA', ack = %s, "
-            "processed_at = %s, resources = %s::jsonb, attempts = attempts + 1 WHERE id = %s",
-            [ack, timezone.now(), orjson.dumps(resources).decode(), pk],
-        )
+        statement = prepared.statement(cursor, _MARK_PROCESSED_SQL, len(params))
+        cursor.execute(statement + suffix, params)
+    if apply is not None:
+        apply.ran_last_statement(suffix)
+
+
+_MARK_PROCESSED_SQL = (
+    f"UPDATE {_TABLE} SET state = 'processed', error = '', ack_code = 'AA', ack = %s, "
+    "processed_at = %s, resources = %s::jsonb, attempts = attempts + 1 WHERE id = %s"
+)
 
 
 def _processed_twin(row: InboundMessage) -> _Twin | None:

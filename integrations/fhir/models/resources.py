@@ -52,7 +52,11 @@ class ResourceVersion(models.Model):
         DELETE = "DELETE", "delete"
 
     id = models.BigAutoField(primary_key=True)
-    record = models.ForeignKey(ResourceRecord, on_delete=models.CASCADE, related_name="versions")
+    # No single-column index: the unique (record, version_id) index below serves every look-up by
+    # record (history, the cascade delete), and one index fewer to write per version.
+    record = models.ForeignKey(
+        ResourceRecord, on_delete=models.CASCADE, related_name="versions", db_index=False
+    )
     resource_type = models.CharField(max_length=64)
     logical_id = models.CharField(max_length=64)
     version_id = models.PositiveIntegerField()
