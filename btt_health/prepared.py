@@ -18,9 +18,11 @@ shapes come once). Elsewhere (SQLite) the statement runs as it is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from django.db import connection
 
@@ -32,6 +34,21 @@ MAX_SEEN = 1000
 def execute(cursor, sql: str, params: Sequence) -> None:
     """Run `sql` with `params` on `cursor` (of `django.db.connection`), prepared on PostgreSQL."""
     cursor.execute(statement(cursor, sql, len(params)), params)
+
+
+def execute_named(cursor, sql: str, params: Mapping) -> None:
+    """`execute` for a statement written with named placeholders (`%(name)s`, a name may repeat)."""
+    positional, names = _positional(sql)
+    execute(cursor, positional, [params[name] for name in names])
+
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+@functools.lru_cache(maxsize=256)
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`sql` with `%s` for each `%(name)s`, and the names in the order they appear."""
+    return _NAMED.sub("%s", sql), tuple(_NAMED.findall(sql))
 
 
 def statement(cursor, sql: str, param_count: int) -> str:

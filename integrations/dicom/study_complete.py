@@ -114,7 +114,7 @@ def _start_cycle(uid: str, cycle: int) -> None:
 def cycle_starts_sql(row: str) -> str:
     """SQL: whether an instance stored now starts a new cycle, given the Study row `row` as it
     was before the update (not awaiting completion, or its check looks lost)."""
-    return f"(NOT {row}.awaiting_completion OR {row}.last_received_at < now() - %(stall)s)"
+    return f"(NOT {row}.awaiting_completion OR {row}.last_received_at < now() - %(stall)s::interval)"
 
 
 def touch_study_set_sql(starts: str) -> str:

@@ -8,13 +8,11 @@ type refers to Patient/123; the Patient itself is in its own compartment. Used b
 from __future__ import annotations
 
 import json
-import operator
-from functools import cache, reduce
+from functools import cache
 from pathlib import Path
 
-from django.db.models import Q
-
 from integrations.fhir.models.search_index import ReferenceIndex
+from integrations.fhir.search.sql import NOTHING, Sql, all_of, any_of, equals, one_of
 
 COMPARTMENT_FILE = Path(__file__).resolve().parent / "spec" / "compartmentdefinition-patient.json"
 
@@ -32,21 +30,35 @@ def patient_compartment_params() -> dict[str, tuple[str, ...]]:
     }
 
 
-def compartment_reference_rows(patient_id: str, resource_types: tuple[str, ...] | None = None):
-    """ReferenceIndex rows that put a resource in Patient/`patient_id`'s compartment.
+def in_compartment(patient_id: str, resource_types: tuple[str, ...] | None = None) -> Sql:
+    """The condition that the record `{rec}` is in Patient/`patient_id`'s compartment: one of its
+    compartment reference parameters refers to the patient, or it is the patient.
 
     `resource_types` limits the member types (None: every type the definition lists).
     """
     params = patient_compartment_params()
     wanted = [t for t in (resource_types or tuple(params)) if t in params]
-    if not wanted:
-        return ReferenceIndex.objects.none()
-    # Parameters a type shares with others are grouped, which keeps the OR short.
-    by_params: dict[tuple[str, ...], list[str]] = {}
-    for resource_type in wanted:
-        by_params.setdefault(params[resource_type], []).append(resource_type)
-    membership = reduce(
-        operator.or_,
-        (Q(resource_type__in=types, param__in=codes) for codes, types in by_params.items()),
-    )
-    return ReferenceIndex.objects.filter(target_type="Patient", target_id=patient_id).filter(membership)
+    conditions = []
+    if wanted:
+        # Parameters a type shares with others are grouped, which keeps the OR short.
+        by_params: dict[tuple[str, ...], list[str]] = {}
+        for resource_type in wanted:
+            by_params.setdefault(params[resource_type], []).append(resource_type)
+        membership = any_of(
+            [
+                one_of("cm.resource_type", types) & one_of("cm.param", list(codes))
+                for codes, types in by_params.items()
+            ]
+        )
+        conditions.append(
+            Sql(
+                f"{{rec}}.id IN (SELECT cm.record_id FROM {ReferenceIndex._meta.db_table} cm"
+                f" WHERE cm.target_type = %s AND cm.target_id = %s AND {membership.text})",
+                ("Patient", patient_id, *membership.params),
+            )
+        )
+    if resource_types is None or "Patient" in resource_types:
+        conditions.append(
+            all_of([equals("{rec}.resource_type", "Patient"), equals("{rec}.logical_id", patient_id)])
+        )
+    return any_of(conditions) if conditions else NOTHING

@@ -165,13 +165,43 @@ def _array_element(value) -> str:
     raise TypeError(f"no array literal for {type(value).__name__} values")
 
 
-def _index_rows(pairs: list[tuple[ResourceRecord, dict]]) -> dict[type, list[tuple]]:
-    """The index rows of each record's resource, by index table."""
+def bulk_insert_clauses(
+    pairs: list[tuple[ResourceRecord, dict]], *, records_sql: str
+) -> tuple[list[str], list]:
+    """PostgreSQL: the INSERTs of the index rows of many new records as clauses of a `WITH`
+    that inserts the records themselves as `records_sql` (a clause name whose rows have `id`,
+    `resource_type` and `logical_id`): each row finds its record id by (type, logical id).
+
+    One array parameter per column, as in `write_clauses`.
+    """
+    clauses: list[str] = []
+    params: list = []
+    for number, (model, rows) in enumerate(_index_rows(pairs, key=lambda r: r.logical_id).items()):
+        if not rows:
+            continue
+        columns = ["resource_type", "param", "group_no", *_VALUE_FIELDS[model]]
+        arrays = ", ".join(
+            f"%s::{_ARRAY_TYPES[model._meta.get_field(c).get_internal_type()]}" for c in columns
+        )
+        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        clauses.append(
+            f"idx_ins{number} AS ({_insert_head(model)}SELECT {records_sql}.id, {names} "
+            f"FROM unnest(%s::text[], {arrays}) AS u(lid, {names}) "
+            f"JOIN {records_sql} ON {records_sql}.logical_id = u.lid AND {records_sql}.resource_type = u.c0)"
+        )
+        params.extend(_array_literal(column) for column in zip(*rows, strict=True))
+    return clauses, params
+
+
+def _index_rows(
+    pairs: list[tuple[ResourceRecord, dict]], key=lambda record: record.pk
+) -> dict[type, list[tuple]]:
+    """The index rows of each record's resource, by index table (the first column: `key(record)`)."""
     from integrations.fhir.searchparams import extract_search_values
 
     rows: dict[type, list[tuple]] = {model: [] for model in INDEX_MODELS}
     for record, resource in pairs:
-        for model, row in _rows_for(record, extract_search_values(resource)):
+        for model, row in _rows_for(record, extract_search_values(resource), key(record)):
             rows[model].append(row)
     return rows
 
@@ -251,11 +281,13 @@ def _delete_rows(record_ids: list[int]) -> None:
 # --- rows -----------------------------------------------------------------------------------------
 
 
-def _rows_for(record: ResourceRecord, values: dict[str, list[SearchValue]]) -> Iterable[tuple[type, tuple]]:
-    """(model, row tuple) for each distinct value of each parameter of one resource."""
+def _rows_for(
+    record: ResourceRecord, values: dict[str, list[SearchValue]], record_id: object
+) -> Iterable[tuple[type, tuple]]:
+    """(model, row tuple starting with `record_id`) for each distinct value of each parameter of
+    one resource."""
     from integrations.fhir.searchparams import normalize_string
 
-    record_id = record.pk
     resource_type = clip(record.resource_type, TYPE_LEN)
     adapt = connection.ops.adapt_datetimefield_value
     for code, param_values in values.items():

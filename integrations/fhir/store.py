@@ -664,6 +664,50 @@ def create_resources_bulk(resources: list[dict]) -> list[StoredResource]:
                 text=_dumps(stamped),
             )
         )
+    if connection.vendor == "postgresql":
+        _insert_bulk(records, stamped_all, moment)
+    else:
+        _insert_bulk_orm(records, stamped_all, moment)
+    for record, stamped in zip(records, stamped_all, strict=True):
+        _announce(record, stamped, "")
+    return [StoredResource.of(record) for record in records]
+
+
+def _insert_bulk(records: list[ResourceRecord], stamped_all: list[dict], moment: datetime) -> None:
+    """PostgreSQL: the records, their first versions and their index rows in one statement, with
+    one array parameter per column (few statement shapes, prepared once per connection)."""
+    clauses = [
+        f"rec AS (INSERT INTO {_RECORD_TABLE} (resource_type, logical_id, version_id, last_updated, "
+        "deleted, text) SELECT t, i, 1, %s::timestamptz, false, x FROM unnest(%s::text[], %s::text[], "
+        "%s::text[]) AS u(t, i, x) RETURNING id, resource_type, logical_id, text)",
+        f"ver AS (INSERT INTO {_VERSION_TABLE} (record_id, resource_type, logical_id, version_id, "
+        "last_updated, method, text) SELECT id, resource_type, logical_id, 1, %s::timestamptz, %s::text, "
+        "text FROM rec)",
+    ]
+    params: list = [
+        moment,
+        [r.resource_type for r in records],
+        [r.logical_id for r in records],
+        [r.text for r in records],
+        moment,
+        Method.CREATE,
+    ]
+    index_clauses, index_params = indexing.bulk_insert_clauses(
+        list(zip(records, stamped_all, strict=True)), records_sql="rec"
+    )
+    with connection.cursor() as cursor:
+        prepared.execute(
+            cursor,
+            f"WITH {', '.join([*clauses, *index_clauses])} SELECT resource_type, logical_id, id FROM rec",
+            params + index_params,
+        )
+        ids = {(t, i): pk for t, i, pk in cursor.fetchall()}
+    for record in records:
+        record.pk = ids[(record.resource_type, record.logical_id)]
+
+
+def _insert_bulk_orm(records: list[ResourceRecord], stamped_all: list[dict], moment: datetime) -> None:
+    """`_insert_bulk` through the ORM (SQLite): one INSERT per table and batch."""
     ResourceRecord.objects.bulk_create(records, batch_size=1000)
     if any(record.pk is None for record in records):
         # SQLite before 3.35 cannot return ids from a bulk insert; fetch them.
@@ -690,9 +734,6 @@ def create_resources_bulk(resources: list[dict]) -> list[StoredResource]:
         batch_size=1000,
     )
     indexing.index_resources(list(zip(records, stamped_all, strict=True)))
-    for record, stamped in zip(records, stamped_all, strict=True):
-        _announce(record, stamped, "")
-    return [StoredResource.of(record) for record in records]
 
 
 def _announce(record: ResourceRecord, stamped: dict, previous_text: str) -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
-from integrations.fhir.compartment import compartment_reference_rows
+from integrations.fhir.compartment import in_compartment
 from integrations.fhir.dates import parse_instant_param
 from integrations.fhir.models import ResourceRecord
 from integrations.fhir.models.search_index import SearchSnapshot
@@ -31,6 +31,7 @@ from integrations.fhir.search.request import (
     apply_result_param,
     parse_request,
 )
+from integrations.fhir.search.sql import Sql, adapt_datetime
 from integrations.fhir.searchparams import resource_types
 
 __all__ = ["everything_bundle", "find_matches", "page_bundle", "search_bundle"]
@@ -74,7 +75,7 @@ def find_matches(resource_type: str, params: list[tuple[str, str]]) -> QuerySet[
     request = parse_request(resource_type, params, strict=True)
     records = ResourceRecord.objects.filter(deleted=False, resource_type=resource_type)
     if request.filter is not None:
-        records = records.filter(request.filter)
+        records = records.filter(request.filter.as_expression())
     return records.order_by("pk")
 
 
@@ -108,14 +109,11 @@ def everything_bundle(patient_id: str, params: list[tuple[str, str]], *, base_ur
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _in_compartment(request: SearchRequest, compartment: tuple[str, str]) -> Q:
+def _in_compartment(request: SearchRequest, compartment: tuple[str, str]) -> Sql:
     compartment_type, compartment_id = compartment
     if compartment_type != "Patient":
         raise FhirError.single(400, "not-supported", f"the {compartment_type} compartment is not supported")
-    members = compartment_reference_rows(compartment_id, request.types).values("record_id")
-    condition = Q(pk__in=members)
-    if request.types is None or "Patient" in request.types:
-        condition |= Q(resource_type="Patient", logical_id=compartment_id)
+    condition = in_compartment(compartment_id, request.types)
     return condition if request.filter is None else request.filter & condition
 
 
@@ -157,12 +155,9 @@ def _everything_request(patient_id: str, params: list[tuple[str, str]]) -> Searc
                     diagnostics=f"parameter '{name}' is not supported by $everything: ignored",
                 )
             )
-    members = compartment_reference_rows(patient_id, types).values("record_id")
-    condition = Q(pk__in=members)
-    if types is None or "Patient" in types:
-        condition |= Q(resource_type="Patient", logical_id=patient_id)
+    condition = in_compartment(patient_id, types)
     if since is not None:
-        condition &= Q(last_updated__gte=since)
+        condition &= Sql("{rec}.last_updated >= %s", (adapt_datetime(since),))
     request.filter = condition
     if types is None:
         # Resources the compartment refers to (Practitioner, Organization, Medication, ...).

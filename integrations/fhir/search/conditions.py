@@ -1,10 +1,12 @@
-"""Search parameters turned into SQL conditions on `ResourceRecord`, through the index tables only.
+"""Search parameters turned into SQL conditions on resource records, through the index tables only.
 
-Every condition is an expression usable in `ResourceRecord.objects.filter(...)`: an EXISTS
-subquery on one index table correlated on the record id (PostgreSQL plans these as semi-joins
-driven by the (resource_type, param, value...) indexes), or a condition on the record's own
-columns for `_id` and `_lastUpdated`. Comma-separated values (OR) go into one subquery; each
-repeated parameter (AND) adds its own condition.
+Every condition is an `Sql` (see `sql.py`) about the record `{rec}`: an EXISTS subquery on one
+index table correlated on the record id (PostgreSQL plans these as semi-joins driven by the
+(resource_type, param, value...) indexes), or a condition on the record's own columns for `_id`
+and `_lastUpdated`. Comma-separated values (OR) go into one subquery; each repeated parameter
+(AND) adds its own condition. Row conditions are written about the index row `{row}`; each
+subquery gets an alias of its own (`ConditionBuilder._alias`), so nested subqueries never shadow
+one another.
 
 Range semantics (dates): a resource value covers the half-open range [low, high) (a point when
 low == high); a search value covers [ql, qh) by its precision, and the prefixes follow R4:
@@ -17,14 +19,9 @@ search value's implicit precision (`100` is [99.5, 100.5)), gt/lt/ge/le (and sa/
 
 from __future__ import annotations
 
-import operator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import reduce
 
-from django.db.models import Exists, OuterRef, Q
-
-from integrations.fhir.models import ResourceRecord
 from integrations.fhir.models.search_index import (
     STRING_LEN,
     TOKEN_LEN,
@@ -41,6 +38,16 @@ from integrations.fhir.models.search_index import (
     clip,
 )
 from integrations.fhir.outcomes import FhirError
+from integrations.fhir.search.sql import (
+    RECORDS_TABLE,
+    Sql,
+    adapt_datetime,
+    all_of,
+    any_of,
+    equals,
+    like,
+    one_of,
+)
 from integrations.fhir.search.values import (
     bad_value,
     parse_bool,
@@ -66,6 +73,7 @@ MODEL_FOR_TYPE = {
     "quantity": QuantityIndex,
     "uri": UriIndex,
 }
+TABLE_FOR_TYPE = {kind: model._meta.db_table for kind, model in MODEL_FOR_TYPE.items()}
 MODIFIERS = {
     "token": frozenset({"missing", "not", "text"}),
     "string": frozenset({"missing", "exact", "contains"}),
@@ -78,6 +86,7 @@ MODIFIERS = {
 }
 # Parameters on the ResourceRecord columns rather than index tables.
 COLUMN_PARAMS = ("_id", "_lastUpdated")
+ROW = "{row}"
 
 
 class UnknownParameter(Exception):
@@ -89,10 +98,6 @@ class UnknownParameter(Exception):
         self.reason = reason
 
 
-def _or(conditions: list[Q]) -> Q:
-    return reduce(operator.or_, conditions)
-
-
 def param_def(resource_type: str, code: str) -> SearchParamDef | None:
     """The searchable definition of `code` on `resource_type` (None if unknown or unsearchable)."""
     definition = search_params_for(resource_type).get(code)
@@ -101,69 +106,81 @@ def param_def(resource_type: str, code: str) -> SearchParamDef | None:
     return definition
 
 
-def _range_q(prefix: str, ql: datetime, qh: datetime, low: str = "low", high: str = "high") -> Q:
+def _at(column: str, op: str, value: datetime) -> Sql:
+    return Sql(f"{column} {op} %s", (adapt_datetime(value),))
+
+
+def _range_sql(prefix: str, ql: datetime, qh: datetime) -> Sql:
     """Row condition for a date prefix: the row covers [low, high), the search value [ql, qh)."""
-    eq = Q(**{f"{low}__gte": ql, f"{high}__lte": qh, f"{low}__lt": qh})
-    gt = Q(**{f"{high}__gt": qh}) | Q(**{f"{low}__gte": qh})
-    lt = Q(**{f"{low}__lt": ql})
+    low, high = f"{ROW}.low", f"{ROW}.high"
+
+    def eq() -> Sql:
+        return all_of([_at(low, ">=", ql), _at(high, "<=", qh), _at(low, "<", qh)])
+
+    def gt() -> Sql:
+        return _at(high, ">", qh) | _at(low, ">=", qh)
+
+    def lt() -> Sql:
+        return _at(low, "<", ql)
+
     if prefix == "eq":
-        return eq
+        return eq()
     if prefix == "ne":
-        return ~eq
+        return ~eq()
     if prefix == "gt":
-        return gt
+        return gt()
     if prefix == "lt":
-        return lt
+        return lt()
     if prefix == "ge":
-        return gt | eq
+        return gt() | eq()
     if prefix == "le":
-        return lt | eq
+        return lt() | eq()
     if prefix == "sa":
-        return Q(**{f"{low}__gte": qh})
+        return _at(low, ">=", qh)
     if prefix == "eb":
-        return Q(**{f"{high}__lte": ql, f"{low}__lt": ql})
+        return _at(high, "<=", ql) & _at(low, "<", ql)
     # ap: overlap with the range widened by a tenth of its distance from now (at least a day).
     gap = max(abs(datetime.now(UTC) - ql) / 10, timedelta(days=1))
     wl, wh = ql - gap, qh + gap
-    return Q(**{f"{low}__lt": wh}) & (Q(**{f"{high}__gt": wl}) | Q(**{f"{low}__gte": wl}))
+    return _at(low, "<", wh) & (_at(high, ">", wl) | _at(low, ">=", wl))
 
 
-def _instant_q(prefix: str, ql: datetime, qh: datetime, column: str) -> Q:
+def _instant_sql(prefix: str, ql: datetime, qh: datetime, column: str) -> Sql:
     """Condition for a prefix on a point-in-time column (_lastUpdated)."""
-    in_range = Q(**{f"{column}__gte": ql, f"{column}__lt": qh})
     if prefix == "eq":
-        return in_range
+        return _at(column, ">=", ql) & _at(column, "<", qh)
     if prefix == "ne":
-        return ~in_range
+        return ~(_at(column, ">=", ql) & _at(column, "<", qh))
     if prefix in ("gt", "sa"):
-        return Q(**{f"{column}__gte": qh})
+        return _at(column, ">=", qh)
     if prefix in ("lt", "eb"):
-        return Q(**{f"{column}__lt": ql})
+        return _at(column, "<", ql)
     if prefix == "ge":
-        return Q(**{f"{column}__gte": ql})
+        return _at(column, ">=", ql)
     if prefix == "le":
-        return Q(**{f"{column}__lt": qh})
+        return _at(column, "<", qh)
     gap = max(abs(datetime.now(UTC) - ql) / 10, timedelta(days=1))
-    return Q(**{f"{column}__gte": ql - gap, f"{column}__lt": qh + gap})
+    return _at(column, ">=", ql - gap) & _at(column, "<", qh + gap)
 
 
-def _number_q(prefix: str, number: Decimal, low: Decimal, high: Decimal) -> Q:
+def _number_sql(prefix: str, number: Decimal, low: Decimal, high: Decimal) -> Sql:
     """Row condition on the `value` column for a number/quantity prefix."""
     exact, ql, qh = float(number), float(low), float(high)
+    value = f"{ROW}.value"
     if prefix == "eq":
-        return Q(value__gte=ql, value__lt=qh)
+        return Sql(f"({value} >= %s AND {value} < %s)", (ql, qh))
     if prefix == "ne":
-        return Q(value__lt=ql) | Q(value__gte=qh)
+        return Sql(f"({value} < %s OR {value} >= %s)", (ql, qh))
     if prefix in ("gt", "sa"):
-        return Q(value__gt=exact)
+        return Sql(f"{value} > %s", (exact,))
     if prefix in ("lt", "eb"):
-        return Q(value__lt=exact)
+        return Sql(f"{value} < %s", (exact,))
     if prefix == "ge":
-        return Q(value__gte=exact)
+        return Sql(f"{value} >= %s", (exact,))
     if prefix == "le":
-        return Q(value__lte=exact)
+        return Sql(f"{value} <= %s", (exact,))
     margin = abs(exact) / 10 or (qh - ql) / 2
-    return Q(value__gte=exact - margin, value__lte=exact + margin)
+    return Sql(f"({value} >= %s AND {value} <= %s)", (exact - margin, exact + margin))
 
 
 def _uri_ancestors(uri: str) -> list[str]:
@@ -190,12 +207,44 @@ class ConditionBuilder:
 
     def __init__(self, base_url: str | None = None) -> None:
         self.base_url = base_url.rstrip("/") if base_url else None
+        self._aliases = 0
+
+    def _alias(self, prefix: str) -> str:
+        self._aliases += 1
+        return f"{prefix}{self._aliases}"
+
+    def _rows_exist(self, kind: str, correlation: str, row: Sql, params: tuple = ()) -> Sql:
+        """EXISTS an index row of `kind` satisfying `correlation` (with `params`) and `row`."""
+        alias = self._alias("i")
+        text = f"EXISTS (SELECT 1 FROM {TABLE_FOR_TYPE[kind]} {alias} WHERE {correlation} AND {row.text})"
+        return Sql(text.replace(ROW, alias), params + row.params)
+
+    def _index_rows(
+        self, kind: str, resource_type: str, param: str, row: Sql, *, any_type: bool = False
+    ) -> Sql:
+        """EXISTS a row of the record in the `kind` index for `param` that satisfies `row`."""
+        if any_type:
+            return self._rows_exist(kind, f"{ROW}.record_id = {{rec}}.id AND {ROW}.param = %s", row, (param,))
+        return self._rows_exist(
+            kind,
+            f"{ROW}.record_id = {{rec}}.id AND {ROW}.resource_type = %s AND {ROW}.param = %s",
+            row,
+            (resource_type, param),
+        )
+
+    def _records(self, resource_type: str, column: str, inner: Sql | None) -> str:
+        """A subquery text (and `inner`'s params) of `column` of live `resource_type` records."""
+        alias = self._alias("r")
+        where = f"{alias}.resource_type = %s AND NOT {alias}.deleted"
+        if inner is not None:
+            where += f" AND {inner.on(alias).text}"
+        return f"SELECT {alias}.{column} FROM {RECORDS_TABLE} {alias} WHERE {where}"
 
     # --- entry point ------------------------------------------------------------------------
 
     def condition(
         self, resource_type: str, name: str, value: str | tuple[str, str], *, any_type: bool = False
-    ) -> Q | Exists | None:
+    ) -> Sql | None:
         """The condition `name=value` puts on records of `resource_type`.
 
         None when the value is empty (ignored, as the spec says). Raises `UnknownParameter`
@@ -218,9 +267,9 @@ class ConditionBuilder:
         if code == "_lastUpdated":
             if modifier:
                 raise self._bad_modifier(name, modifier, "date")
-            return _or(
+            return any_of(
                 [
-                    _instant_q(prefix, *parse_date_range(name, rest_), column="last_updated")
+                    _instant_sql(prefix, *parse_date_range(name, rest_), column="{rec}.last_updated")
                     for prefix, rest_ in self._prefixed(name, value)
                 ]
             )
@@ -231,7 +280,7 @@ class ConditionBuilder:
             raise UnknownParameter(name)
         return self._param(resource_type, definition, name, modifier or None, value, any_type)
 
-    def _range(self, resource_type: str, name: str, bounds: tuple[str, str], any_type: bool) -> Q | Exists:
+    def _range(self, resource_type: str, name: str, bounds: tuple[str, str], any_type: bool) -> Sql:
         """A lower and an upper bound of one parameter (see `request._pair_range_bounds`).
 
         For a date parameter both bounds must hold for the same value (one index row); for any
@@ -242,15 +291,10 @@ class ConditionBuilder:
             first = self.condition(resource_type, name, bounds[0], any_type=any_type)
             second = self.condition(resource_type, name, bounds[1], any_type=any_type)
             return first & second
-        row_q = self._row_q(definition, name, None, bounds[0]) & self._row_q(
+        row = self._row_sql(definition, name, None, bounds[0]) & self._row_sql(
             definition, name, None, bounds[1]
         )
-        type_filter = {} if any_type else {"resource_type": resource_type}
-        return Exists(
-            DateIndex.objects.filter(record_id=OuterRef("pk"), param=definition.code, **type_filter).filter(
-                row_q
-            )
-        )
+        return self._index_rows("date", resource_type, definition.code, row, any_type=any_type)
 
     # --- one parameter -----------------------------------------------------------------------
 
@@ -262,186 +306,180 @@ class ConditionBuilder:
         modifier: str | None,
         value: str,
         any_type: bool = False,
-    ) -> Q | Exists:
+    ) -> Sql:
         kind = definition.type
-        type_filter = {} if any_type else {"resource_type": resource_type}
         code = definition.code
         type_modifier = kind == "reference" and modifier in resource_types()
         if modifier is not None and modifier not in MODIFIERS.get(kind, ()) and not type_modifier:
             raise self._bad_modifier(name, modifier, kind)
         if modifier == "missing":
             missing = parse_bool(name, value)
-            model = (
-                MODEL_FOR_TYPE[definition.components[0].param.type]
-                if kind == "composite"
-                else MODEL_FOR_TYPE[kind]
-            )
+            table_kind = definition.components[0].param.type if kind == "composite" else kind
             param = f"{code}$0" if kind == "composite" else code
-            present = Exists(model.objects.filter(record_id=OuterRef("pk"), param=param, **type_filter))
+            present = self._index_rows(table_kind, resource_type, param, Sql("1 = 1"), any_type=any_type)
             return ~present if missing else present
         alternatives = split_unescaped(value, ",")
         if kind == "composite":
-            return _or([self._composite(resource_type, definition, name, alt) for alt in alternatives])
-        row_q = _or([self._row_q(definition, name, modifier, alt) for alt in alternatives])
-        exists = Exists(
-            MODEL_FOR_TYPE[kind]
-            .objects.filter(record_id=OuterRef("pk"), param=code, **type_filter)
-            .filter(row_q)
-        )
+            return any_of([self._composite(resource_type, definition, name, alt) for alt in alternatives])
+        row = any_of([self._row_sql(definition, name, modifier, alt) for alt in alternatives])
+        exists = self._index_rows(kind, resource_type, code, row, any_type=any_type)
         # :not matches resources without any matching token, including those without the element.
         return ~exists if modifier == "not" else exists
 
-    def _row_q(self, definition: SearchParamDef, name: str, modifier: str | None, raw: str) -> Q:
-        """Condition on one index row for one (OR-alternative) value."""
+    def _row_sql(self, definition: SearchParamDef, name: str, modifier: str | None, raw: str) -> Sql:
+        """Condition on one index row `{row}` for one (OR-alternative) value."""
         kind = definition.type
         if kind == "token":
-            return self._token_q(name, modifier, raw)
+            return self._token_sql(name, modifier, raw)
         if kind == "string":
             text = unescape(raw)
             normalised = clip(normalize_string(text), STRING_LEN)
             if modifier == "exact":
-                return Q(value=normalised, exact=text)
+                return equals(f"{ROW}.value", normalised) & equals(f"{ROW}.exact", text)
             if modifier == "contains":
-                return Q(value__contains=normalised)
-            return Q(value__startswith=normalised)
+                return like(f"{ROW}.value", normalised, kind="contains")
+            return like(f"{ROW}.value", normalised, kind="startswith")
         if kind == "reference":
-            return self._reference_q(definition, name, modifier, raw)
+            return self._reference_sql(definition, name, modifier, raw)
         if kind == "date":
             prefix, rest = split_prefix(raw)
             self._check_prefix(name, raw, prefix, rest)
-            return _range_q(prefix, *parse_date_range(name, rest))
+            return _range_sql(prefix, *parse_date_range(name, rest))
         if kind == "number":
             prefix, rest = split_prefix(raw)
             self._check_prefix(name, raw, prefix, rest)
-            return _number_q(prefix, *parse_number(name, rest))
+            return _number_sql(prefix, *parse_number(name, rest))
         if kind == "quantity":
-            return self._quantity_q(name, raw)
+            return self._quantity_sql(name, raw)
         if kind == "uri":
             uri = unescape(raw)
             if modifier == "below":
-                return Q(uri__startswith=clip(uri, URL_LEN))
+                return like(f"{ROW}.uri", clip(uri, URL_LEN), kind="startswith")
             if modifier == "above":
-                return Q(uri__in=[clip(u, URL_LEN) for u in _uri_ancestors(uri)])
-            return Q(uri=clip(uri, URL_LEN))
+                return one_of(f"{ROW}.uri", [clip(u, URL_LEN) for u in _uri_ancestors(uri)])
+            return equals(f"{ROW}.uri", clip(uri, URL_LEN))
         raise UnknownParameter(name, "is not supported by this server")
 
-    def _token_q(self, name: str, modifier: str | None, raw: str) -> Q:
+    def _token_sql(self, name: str, modifier: str | None, raw: str) -> Sql:
         if modifier == "text":
             text = normalize_string(unescape(raw))
-            return Q(text__startswith=text) | Q(text__contains=f" {text}")
+            return like(f"{ROW}.text", text, kind="startswith") | like(
+                f"{ROW}.text", f" {text}", kind="contains"
+            )
         parts = split_unescaped(raw, "|")
         if len(parts) == 1:
-            return Q(code=clip(unescape(parts[0]), TOKEN_LEN))
+            return equals(f"{ROW}.code", clip(unescape(parts[0]), TOKEN_LEN))
         if len(parts) != 2:
             raise bad_value(name, raw, "a token is [system]|[code] or code")
         system, code = (clip(unescape(p), TOKEN_LEN) for p in parts)
         if not code:
             if not system:
                 raise bad_value(name, raw, "a token needs a system or a code")
-            return Q(system=system)
-        return Q(system=system, code=code)  # '|code' means: no system (stored as '')
+            return equals(f"{ROW}.system", system)
+        # '|code' means: no system (stored as '')
+        return equals(f"{ROW}.code", code) & equals(f"{ROW}.system", system)
 
-    def _quantity_q(self, name: str, raw: str) -> Q:
+    def _quantity_sql(self, name: str, raw: str) -> Sql:
         parts = split_unescaped(raw, "|")
         if len(parts) not in (1, 3):
             raise bad_value(name, raw, "a quantity is [prefix]number or [prefix]number|system|code")
         prefix, number = split_prefix(unescape(parts[0]))
         self._check_prefix(name, raw, prefix, number)
-        condition = _number_q(prefix, *parse_number(name, number))
+        condition = _number_sql(prefix, *parse_number(name, number))
         if len(parts) == 3:
             system, code = clip(unescape(parts[1]), TOKEN_LEN), clip(unescape(parts[2]), UNIT_LEN)
             if system and code:
-                condition &= Q(system=system, code=code)
+                condition &= equals(f"{ROW}.system", system) & equals(f"{ROW}.code", code)
             elif code:
                 # Without a system the code may be the UCUM code or the unit as displayed.
-                condition &= Q(code=code) | Q(unit=code)
+                condition &= equals(f"{ROW}.code", code) | equals(f"{ROW}.unit", code)
             elif system:
-                condition &= Q(system=system)
+                condition &= equals(f"{ROW}.system", system)
         return condition
 
-    def _reference_q(self, definition: SearchParamDef, name: str, modifier: str | None, raw: str) -> Q:
+    def _reference_sql(self, definition: SearchParamDef, name: str, modifier: str | None, raw: str) -> Sql:
         if modifier == "identifier":
             parts = split_unescaped(raw, "|")
             if len(parts) == 1:
-                return Q(identifier_value=clip(unescape(parts[0]), TOKEN_LEN))
+                return equals(f"{ROW}.identifier_value", clip(unescape(parts[0]), TOKEN_LEN))
             if len(parts) != 2:
                 raise bad_value(name, raw, "an identifier is [system]|value")
             system, value = (clip(unescape(p), TOKEN_LEN) for p in parts)
-            condition = Q(identifier_system=system)
-            return condition & Q(identifier_value=value) if value else condition
+            condition = equals(f"{ROW}.identifier_system", system)
+            return condition & equals(f"{ROW}.identifier_value", value) if value else condition
         if modifier is not None and definition.target and modifier not in definition.target:
             raise bad_value(name, raw, f"{definition.code} cannot refer to a {modifier}")
         text = unescape(raw)
         if "://" in text or text.startswith("urn:"):
-            return self._absolute_reference_q(text, modifier)
+            return self._absolute_reference_sql(text, modifier)
         parts = text.split("/")
         if len(parts) == 4 and parts[2] == "_history":
             parts = parts[:2]
         if len(parts) == 1:
-            condition = Q(target_id=clip(text, TYPE_LEN))
-            return condition & Q(target_type=modifier) if modifier else condition
+            condition = equals(f"{ROW}.target_id", clip(text, TYPE_LEN))
+            return condition & equals(f"{ROW}.target_type", modifier) if modifier else condition
         if len(parts) == 2 and parts[0] in resource_types():
             if modifier and parts[0] != modifier:
                 raise bad_value(
                     name, raw, f"the reference type {parts[0]} contradicts the modifier :{modifier}"
                 )
-            return Q(target_type=parts[0], target_id=clip(parts[1], TYPE_LEN))
-        return Q(url=clip(text.split("|", 1)[0], URL_LEN))
+            return _target(parts[0], parts[1])
+        return equals(f"{ROW}.url", clip(text.split("|", 1)[0], URL_LEN))
 
-    def _absolute_reference_q(self, text: str, modifier: str | None) -> Q:
+    def _absolute_reference_sql(self, text: str, modifier: str | None) -> Sql:
         # Canonical references may carry |version; the index keeps them without it.
         url = text.split("|", 1)[0]
-        condition = Q(url=clip(url, URL_LEN))
+        condition = equals(f"{ROW}.url", clip(url, URL_LEN))
         if self.base_url and url.startswith(self.base_url + "/"):
             # This server's own URL: also match the relative references stored in resources.
             parts = url[len(self.base_url) + 1 :].split("/")
             if len(parts) in (2, 4) and parts[0] in resource_types() and (modifier in (None, parts[0])):
-                condition |= Q(target_type=parts[0], target_id=clip(parts[1], TYPE_LEN))
+                condition |= _target(parts[0], parts[1])
         return condition
 
-    def _composite(self, resource_type: str, definition: SearchParamDef, name: str, raw: str) -> Exists:
+    def _composite(self, resource_type: str, definition: SearchParamDef, name: str, raw: str) -> Sql:
         """All components must match within the same element (same record and group_no)."""
         parts = split_unescaped(raw, "$")
         components = definition.components
         if len(parts) != len(components):
             raise bad_value(name, raw, f"{definition.code} needs {len(components)} values separated by '$'")
-        inner: Exists | None = None
+        inner: Sql | None = None
         for index in range(len(components) - 1, -1, -1):
             component = components[index].param
             if component.type not in MODEL_FOR_TYPE:
                 raise UnknownParameter(name, "is not supported by this server")
-            row_q = self._row_q(component, name, None, parts[index])
-            correlation = (
-                {"record_id": OuterRef("pk")}
-                if index == 0
-                else {"record_id": OuterRef("record_id"), "group_no": OuterRef("group_no")}
-            )
-            rows = (
-                MODEL_FOR_TYPE[component.type]
-                .objects.filter(
-                    resource_type=resource_type, param=f"{definition.code}${index}", **correlation
-                )
-                .filter(row_q)
-            )
+            row = self._row_sql(component, name, None, parts[index])
             if inner is not None:
-                rows = rows.filter(inner)
-            inner = Exists(rows)
+                row &= inner
+            correlation = (
+                f"{ROW}.record_id = {{rec}}.id"
+                if index == 0
+                else f"{ROW}.record_id = {{outer}}.record_id AND {ROW}.group_no = {{outer}}.group_no"
+            )
+            condition = self._rows_exist(
+                component.type,
+                f"{correlation} AND {ROW}.resource_type = %s AND {ROW}.param = %s",
+                row,
+                (resource_type, f"{definition.code}${index}"),
+            )
+            # The next (outer) component's row is what this one correlates with.
+            inner = Sql(condition.text.replace("{outer}", ROW), condition.params)
         assert inner is not None
         return inner
 
-    def _id(self, name: str, modifier: str | None, value: str) -> Q:
+    def _id(self, name: str, modifier: str | None, value: str) -> Sql:
         ids = [clip(unescape(v), TYPE_LEN) for v in split_unescaped(value, ",") if v]
         if modifier == "not":
-            return ~Q(logical_id__in=ids)
+            return ~one_of("{rec}.logical_id", ids)
         if modifier:
             raise self._bad_modifier(name, modifier, "token")
-        return Q(logical_id__in=ids)
+        return one_of("{rec}.logical_id", ids)
 
     # --- chains and reverse chains -------------------------------------------------------------
 
     def _chain(
         self, resource_type: str, name: str, code: str, type_modifier: str | None, rest: str, value: str
-    ) -> Exists:
+    ) -> Sql:
         """`subject:Patient.name=peter`: references to records of the target type matching `rest`."""
         definition = param_def(resource_type, code)
         if definition is None:
@@ -464,19 +502,18 @@ class ConditionBuilder:
                 inner = self.condition(target, rest, value)
             except UnknownParameter:
                 continue  # this target type lacks the chained parameter; the others may have it
-            matching = ResourceRecord.objects.filter(resource_type=target, deleted=False)
-            if inner is not None:
-                matching = matching.filter(inner)
-            alternatives.append(Q(target_type=target, target_id__in=matching.values("logical_id")))
+            matching = self._records(target, "logical_id", inner)
+            alternatives.append(
+                Sql(
+                    f"({ROW}.target_type = %s AND {ROW}.target_id IN ({matching}))",
+                    (target, target, *(inner.params if inner is not None else ())),
+                )
+            )
         if not alternatives:
             raise UnknownParameter(name, "names a chained parameter that no target type defines")
-        return Exists(
-            ReferenceIndex.objects.filter(
-                record_id=OuterRef("pk"), resource_type=resource_type, param=code
-            ).filter(_or(alternatives))
-        )
+        return self._index_rows("reference", resource_type, code, any_of(alternatives))
 
-    def _has(self, resource_type: str, name: str, value: str) -> Exists:
+    def _has(self, resource_type: str, name: str, value: str) -> Sql:
         """`_has:Observation:patient:code=x`: some Observation whose `patient` refers here matches."""
         parts = name.split(":", 3)
         if len(parts) != 4 or not all(parts[1:]):
@@ -492,17 +529,13 @@ class ConditionBuilder:
                 400, "invalid", f"'{name}': {ref_code} is not a reference parameter of {source_type}"
             )
         inner = self.condition(source_type, rest, value)
-        sources = ResourceRecord.objects.filter(resource_type=source_type, deleted=False)
-        if inner is not None:
-            sources = sources.filter(inner)
-        return Exists(
-            ReferenceIndex.objects.filter(
-                resource_type=source_type,
-                param=ref_code,
-                target_type=resource_type,
-                target_id=OuterRef("logical_id"),
-                record_id__in=sources.values("pk"),
-            )
+        sources = self._records(source_type, "id", inner)
+        return self._rows_exist(
+            "reference",
+            f"{ROW}.resource_type = %s AND {ROW}.param = %s AND {ROW}.target_type = %s"
+            f" AND {ROW}.target_id = {{rec}}.logical_id AND {ROW}.record_id IN ({sources})",
+            Sql("1 = 1"),
+            (source_type, ref_code, resource_type, source_type, *(inner.params if inner is not None else ())),
         )
 
     # --- helpers ------------------------------------------------------------------------------
@@ -533,3 +566,10 @@ class ConditionBuilder:
             "invalid",
             f"search parameter '{name}': the modifier :{modifier} is not supported for {kind} parameters",
         )
+
+
+def _target(resource_type: str, logical_id: str) -> Sql:
+    """Row condition: the reference points at `resource_type/logical_id`."""
+    return Sql(
+        f"({ROW}.target_type = %s AND {ROW}.target_id = %s)", (resource_type, clip(logical_id, TYPE_LEN))
+    )

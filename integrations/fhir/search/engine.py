@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 import orjson
 from django.core import signing
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet, Subquery
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from integrations.fhir.models import ResourceRecord
@@ -45,6 +45,7 @@ from integrations.fhir.models.search_index import ReferenceIndex, SearchSnapshot
 from integrations.fhir.outcomes import FhirError, Issue, operation_outcome
 from integrations.fhir.search.request import Include, SearchRequest, parse_count
 from integrations.fhir.search.shaping import shape
+from integrations.fhir.search.sql import RECORDS_TABLE, Sql, all_of
 
 SNAPSHOT_LIMIT = 10_000  # ids kept for a sorted search
 SNAPSHOT_TTL = timedelta(hours=1)
@@ -72,16 +73,16 @@ def first_page(
 ) -> dict:
     """The first page of `request`'s results, with paging state when there are more pages."""
     issues = list(request.issues)
-    records = request.queryset()
     counted = request.total_mode in ("accurate", "estimate")
     if request.count == 0 or request.summary == "count":
-        total = None if request.total_mode == "none" else records.count()
+        total = None if request.total_mode == "none" else _count(request)
         return _bundle(total, [_link("self", self_url)], _outcome(issues))
 
     count = request.count
     if request.default_order:
-        rows, watermark = _rows_and_watermark(records, count + 1)
+        rows, watermark = _matches_and_watermark(request, count + 1)
     else:
+        records = request.queryset()
         rows, watermark = _rows(records, count + 1), None
     if len(rows) <= count:
         total = None if request.total_mode == "none" else len(rows)
@@ -89,7 +90,7 @@ def first_page(
         return _bundle(total, [_link("self", self_url)], _outcome(issues) + entries)
 
     if request.default_order:
-        total = records.count() if counted else None
+        total = _count(request) if counted else None
         snapshot = _cursor_snapshot(request, kind, stored_params, watermark=watermark, total=total)
         rows = rows[:count]
         links = [
@@ -190,11 +191,11 @@ def _rows_for_targets(pairs: set[tuple[str, str]], limit: int) -> list[Row]:
 # --- paging state --------------------------------------------------------------------------------
 
 
-def _rows_and_watermark(records: QuerySet, limit: int) -> tuple[list[Row], int]:
-    """Page 1 and the highest record id, read by one statement so that both see the same state."""
-    highest = ResourceRecord.objects.order_by("-pk").values("pk")[:1]
-    values = list(records.annotate(watermark=Subquery(highest)).values_list("pk", "watermark")[:limit])
-    return _rows_by_ids([pk for pk, _ in values]), (values[0][1] if values else 0)
+def _matches_and_watermark(request: SearchRequest, limit: int) -> tuple[list[Row], int]:
+    """Page 1 of a default-order search and the highest record id, read by one statement so
+    that both see the same state (0 for the watermark when nothing matches)."""
+    rows = _matches(request, limit, watermark=True)
+    return [Row(*values[:4]) for values in rows], (rows[0][4] if rows else 0)
 
 
 @dataclass(frozen=True)
@@ -297,17 +298,83 @@ def _cursor_page(
     `_after` continues after a record id, `_before` goes back from one; without either the page
     starts at `_getpagesoffset` (for clients that build offsets themselves).
     """
-    records = request.queryset().filter(pk__lte=snapshot.watermark)
+    upto = Sql("{rec}.id <= %s", (snapshot.watermark,))
     if before is not None:
-        rows = _rows(records.filter(pk__lt=before).order_by("-pk"), count + 1)
+        rows = _match_rows(request, count + 1, upto & Sql("{rec}.id < %s", (before,)), descending=True)
         earlier = len(rows) > count
         rows = list(reversed(rows[:count]))
-        return rows, earlier, records.filter(pk__gte=before).exists(), offset if earlier else 0
+        later = _exists(request, upto & Sql("{rec}.id >= %s", (before,)))
+        return rows, earlier, later, offset if earlier else 0
     if after is not None:
-        rows = _rows(records.filter(pk__gt=after), count + 1)
+        rows = _match_rows(request, count + 1, upto & Sql("{rec}.id > %s", (after,)))
         return rows[:count], after > 0, len(rows) > count, offset
-    rows = _rows(records[offset:], count + 1)
+    rows = _match_rows(request, count + 1, upto, offset=offset)
     return rows[:count], offset > 0, len(rows) > count, offset
+
+
+# --- default-order statements -----------------------------------------------------------------
+# The ORM's construction and compilation of these statements cost more than running them, so the
+# default-order pages (nearly every search) are plain SQL around the request's `Sql` filter.
+
+
+def _where(request: SearchRequest, extra: Sql | None) -> Sql:
+    """The live records `m` that match `request` (and `extra`)."""
+    conditions = [Sql("NOT {rec}.deleted")]
+    if request.filter is not None:
+        conditions.append(request.filter)
+    if extra is not None:
+        conditions.append(extra)
+    return all_of(conditions).on("m")
+
+
+def _matches(
+    request: SearchRequest,
+    limit: int,
+    extra: Sql | None = None,
+    *,
+    descending: bool = False,
+    offset: int = 0,
+    watermark: bool = False,
+) -> list[tuple]:
+    """(id, resource_type, logical_id, text[, watermark]) of up to `limit` matches in record-id
+    order after skipping `offset`.
+
+    Two steps in one statement: the page's ids, which the database finds from indexes alone
+    (the record-id walk over non-matching records never touches the table), then the bodies of
+    just those records.
+    """
+    where = _where(request, extra)
+    direction = "DESC" if descending else "ASC"
+    highest = f", (SELECT MAX(h.id) FROM {RECORDS_TABLE} h) AS w" if watermark else ""
+    sql = (
+        f"SELECT r.id, r.resource_type, r.logical_id, r.text{', p.w' if watermark else ''}"
+        f" FROM (SELECT m.id{highest} FROM {RECORDS_TABLE} m WHERE {where.text}"
+        f" ORDER BY m.id {direction} LIMIT %s OFFSET %s) p"
+        f" JOIN {RECORDS_TABLE} r ON r.id = p.id ORDER BY r.id {direction}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*where.params, limit, offset])
+        return cursor.fetchall()
+
+
+def _match_rows(
+    request: SearchRequest, limit: int, extra: Sql | None = None, *, descending: bool = False, offset: int = 0
+) -> list[Row]:
+    return [Row(*values) for values in _matches(request, limit, extra, descending=descending, offset=offset)]
+
+
+def _exists(request: SearchRequest, extra: Sql | None = None) -> bool:
+    where = _where(request, extra)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {RECORDS_TABLE} m WHERE {where.text} LIMIT 1", where.params)
+        return cursor.fetchone() is not None
+
+
+def _count(request: SearchRequest) -> int:
+    where = _where(request, None)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {RECORDS_TABLE} m WHERE {where.text}", where.params)
+        return cursor.fetchone()[0]
 
 
 def _limit_issues(snapshot: SearchSnapshot, issues: list[Issue]) -> list[Issue]:

@@ -7,12 +7,10 @@ parameters it had to ignore (unknown ones in lenient mode) for the outcome entry
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
-from functools import reduce
 
 from django.conf import settings
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, OuterRef, QuerySet, Subquery
 
 from integrations.fhir.models import ResourceRecord
 from integrations.fhir.outcomes import FhirError, Issue
@@ -23,6 +21,7 @@ from integrations.fhir.search.conditions import (
     param_def,
 )
 from integrations.fhir.search.shaping import SUMMARY_MODES
+from integrations.fhir.search.sql import NOTHING, Sql, all_of, any_of, equals, one_of
 from integrations.fhir.searchparams import resource_types
 
 # Accepted and not acted on here: formats are the views' business, paging has its own entry point.
@@ -49,7 +48,7 @@ class SearchRequest:
     resource_type: str | None
     # The types searched: one for a type-level search, _type's list (or None: every type) otherwise.
     types: tuple[str, ...] | None
-    filter: Q | None
+    filter: Sql | None  # about the record `{rec}` (see sql.py); None: every record of `types`
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (param code, descending)
     count: int = 20
     total_mode: str | None = None
@@ -68,7 +67,7 @@ class SearchRequest:
         """The matching, non-deleted records in result order."""
         records = ResourceRecord.objects.filter(deleted=False)
         if self.filter is not None:
-            records = records.filter(self.filter)
+            records = records.filter(self.filter.as_expression())
         return order(records, self.sort, self.types)
 
 
@@ -267,13 +266,13 @@ def _build_filter(
     types: tuple[str, ...] | None,
     filters: list[tuple[str, str]],
     ignored: list[tuple[str, str]],
-) -> Q | None:
+) -> Sql | None:
     """The record filter; for several types, the OR of each type's own conditions.
 
     With several types, a parameter counts when some searched type defines it, and the types
     that lack it cannot match. `ignored` collects the parameters no searched type defines.
     """
-    common: list[Q | Exists] = []
+    common: list[Sql] = []
     typed: list[tuple[str, str]] = []
     for name, value in filters:
         if name.split(":", 1)[0] in ("_id", "_lastUpdated"):
@@ -285,10 +284,10 @@ def _build_filter(
     typed = _pair_range_bounds(typed)
     candidates = types or tuple(sorted(resource_types()))
     alive = list(candidates)
-    per_type: dict[str, list] = {t: [] for t in candidates}
-    shared: list[Q | Exists] = []
+    per_type: dict[str, list[Sql]] = {t: [] for t in candidates}
+    shared: list[Sql] = []
     for name, value in typed:
-        results: dict[str, Q | Exists | None] = {}
+        results: dict[str, Sql | None] = {}
         reason = "is not a known search parameter"
         for resource_type in alive:
             try:
@@ -309,17 +308,16 @@ def _build_filter(
             if condition is not None:
                 per_type[resource_type].append(condition)
 
+    resource_type = "{rec}.resource_type"
     if len(alive) == len(candidates) and not any(per_type[t] for t in alive):
         # Nothing type-specific: a plain type filter (none at all across every type).
-        type_filter = [Q(resource_type=alive[0]) if len(alive) == 1 else Q(resource_type__in=alive)]
-        if types is None:
-            type_filter = []
+        type_filter = [] if types is None else [one_of(resource_type, alive)]
         conditions = [*type_filter, *shared, *common]
-        return _and(conditions) if conditions else None
-    branches = [_and([Q(resource_type=t), *per_type[t]]) for t in alive]
+        return all_of(conditions) if conditions else None
+    branches = [all_of([equals(resource_type, t), *per_type[t]]) for t in alive]
     if not branches:
-        return Q(pk__in=[])
-    return _and([reduce(operator.or_, branches), *shared, *common])
+        return NOTHING
+    return all_of([any_of(branches), *shared, *common])
 
 
 def _same_definition(types: list[str], name: str) -> bool:
@@ -329,10 +327,6 @@ def _same_definition(types: list[str], name: str) -> bool:
     code = name.split(":", 1)[0]
     urls = {getattr(param_def(t, code), "url", None) for t in types}
     return len(urls) == 1 and None not in urls
-
-
-def _and(conditions: list) -> Q:
-    return reduce(operator.and_, conditions)
 
 
 # --- ordering -----------------------------------------------------------------------------------
