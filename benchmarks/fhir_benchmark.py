@@ -842,6 +842,20 @@ def load_average() -> str:
         return "unknown"
 
 
+def cpu_probe() -> str:
+    """Seconds for a fixed pure-Python loop on one core, best of three: shared machines run at
+    different speeds from hour to hour (one session's 2-core machine took 0.9 s to 1.8 s), which
+    absolute targets need to be read against."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for number in range(5_000_000):
+            total += number
+        best = min(best, time.perf_counter() - start)
+    return f"{best:.2f} s for 5,000,000 additions in a Python loop (lower is faster)"
+
+
 def machine_description(pg_version: str, load_before: str) -> dict[str, str]:
     """CPU model, cores, memory, PostgreSQL version, date, git commit and load, for the record."""
     cpu = "unknown"
@@ -883,6 +897,7 @@ def machine_description(pg_version: str, load_before: str) -> dict[str, str]:
         "Date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "Commit": commit,
         "Load average (1/5/15 min) before the run": load_before,
+        "CPU speed probe before the run": cpu_probe(),
     }
 
 
