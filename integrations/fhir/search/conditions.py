@@ -225,12 +225,21 @@ class ConditionBuilder:
         """EXISTS a row of the record in the `kind` index for `param` that satisfies `row`."""
         if any_type:
             return self._rows_exist(kind, f"{ROW}.record_id = {{rec}}.id AND {ROW}.param = %s", row, (param,))
-        return self._rows_exist(
+        exists = self._rows_exist(
             kind,
             f"{ROW}.record_id = {{rec}}.id AND {ROW}.resource_type = %s AND {ROW}.param = %s",
             row,
             (resource_type, param),
         )
+        # The index rows of a deleted record are removed with it, and each row repeats its
+        # record's type: the rows alone say which live records match.
+        alias = self._alias("d")
+        records = Sql(
+            f"SELECT {alias}.record_id AS id FROM {TABLE_FOR_TYPE[kind]} {alias} "
+            f"WHERE {alias}.resource_type = %s AND {alias}.param = %s AND {row.text.replace(ROW, alias)}",
+            (resource_type, param, *row.params),
+        )
+        return Sql(exists.text, exists.params, records)
 
     def _records(self, resource_type: str, column: str, inner: Sql | None) -> str:
         """A subquery text (and `inner`'s params) of `column` of live `resource_type` records."""

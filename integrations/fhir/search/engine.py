@@ -341,8 +341,14 @@ def _matches(
 
     Two steps in one statement: the page's ids, which the database finds from indexes alone
     (the record-id walk over non-matching records never touches the table), then the bodies of
-    just those records.
+    just those records. When the filter is one index condition (`Sql.records`), the ids come from
+    that index alone, without walking the records of the type beside it.
     """
+    driver = request.filter.records if request.filter is not None else None
+    if driver is not None:
+        rows = _matches_from_index(driver, limit, extra, descending, offset, watermark)
+        if rows is not None:
+            return rows
     where = _where(request, extra)
     direction = "DESC" if descending else "ASC"
     highest = f", (SELECT MAX(h.id) FROM {RECORDS_TABLE} h) AS w" if watermark else ""
@@ -355,6 +361,28 @@ def _matches(
     with connection.cursor() as cursor:
         cursor.execute(sql, [*where.params, limit, offset])
         return cursor.fetchall()
+
+
+def _matches_from_index(
+    driver: Sql, limit: int, extra: Sql | None, descending: bool, offset: int, watermark: bool
+) -> list[tuple] | None:
+    """`_matches` from the ids `driver` selects; None when one of them is not a live record (the
+    index and the records disagree), for the caller to take the general path."""
+    direction = "DESC" if descending else "ASC"
+    condition = f"WHERE {extra.on('d').text}" if extra is not None else ""
+    highest = f", (SELECT MAX(h.id) FROM {RECORDS_TABLE} h) AS w" if watermark else ""
+    sql = (
+        f"SELECT p.id, r.resource_type, r.logical_id, r.text{', p.w' if watermark else ''}, r.deleted"
+        f" FROM (SELECT DISTINCT d.id{highest} FROM ({driver.text}) d {condition}"
+        f" ORDER BY d.id {direction} LIMIT %s OFFSET %s) p"
+        f" LEFT JOIN {RECORDS_TABLE} r ON r.id = p.id ORDER BY p.id {direction}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*driver.params, *(extra.params if extra is not None else ()), limit, offset])
+        rows = cursor.fetchall()
+    if any(row[1] is None or row[-1] for row in rows):
+        return None
+    return [row[:-1] for row in rows]
 
 
 def _match_rows(

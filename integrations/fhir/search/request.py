@@ -7,7 +7,7 @@ parameters it had to ignore (unknown ones in lenient mode) for the outcome entry
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.db.models import F, OuterRef, QuerySet, Subquery
@@ -317,7 +317,11 @@ def _build_filter(
     branches = [all_of([equals(resource_type, t), *per_type[t]]) for t in alive]
     if not branches:
         return NOTHING
-    return all_of([any_of(branches), *shared, *common])
+    combined = all_of([any_of(branches), *shared, *common])
+    if len(alive) == 1 and len(per_type[alive[0]]) == 1 and not shared and not common:
+        # One condition on one type: its index alone can give the matches in record order.
+        return replace(combined, records=per_type[alive[0]][0].records)
+    return combined
 
 
 def _same_definition(types: list[str], name: str) -> bool:

@@ -26,10 +26,16 @@ REC = "{rec}"
 
 @dataclass(frozen=True, slots=True)
 class Sql:
-    """A boolean SQL condition on the record `{rec}`, with its `%s` parameters in order."""
+    """A boolean SQL condition on the record `{rec}`, with its `%s` parameters in order.
+
+    `records`, when set, is a SELECT of the ids (as `id`) of the live records the condition
+    matches, from one index table that keeps them in record order (see `ConditionBuilder`): a
+    page can walk that index alone. Combining conditions drops it.
+    """
 
     text: str
     params: tuple = ()
+    records: Sql | None = None
 
     def __and__(self, other: Sql) -> Sql:
         return Sql(f"({self.text} AND {other.text})", self.params + other.params)
