@@ -346,43 +346,58 @@ def _matches(
     """
     driver = request.filter.records if request.filter is not None else None
     if driver is not None:
-        rows = _matches_from_index(driver, limit, extra, descending, offset, watermark)
-        if rows is not None:
-            return rows
+        condition = extra.on("d") if extra is not None else None
+        rows = _page(
+            f"FROM ({driver.text}) d" + (f" WHERE {condition.text}" if condition is not None else ""),
+            [*driver.params, *(condition.params if condition is not None else ())],
+            "d",
+            limit,
+            descending=descending,
+            offset=offset,
+            watermark=watermark,
+            distinct=True,
+        )
+        # Index rows go with their record; should an id still not be a live record, the general
+        # statement decides.
+        if all(row[1] is not None and not row[-1] for row in rows):
+            return [row[:-1] for row in rows]
     where = _where(request, extra)
-    direction = "DESC" if descending else "ASC"
-    highest = f", (SELECT MAX(h.id) FROM {RECORDS_TABLE} h) AS w" if watermark else ""
-    sql = (
-        f"SELECT r.id, r.resource_type, r.logical_id, r.text{', p.w' if watermark else ''}"
-        f" FROM (SELECT m.id{highest} FROM {RECORDS_TABLE} m WHERE {where.text}"
-        f" ORDER BY m.id {direction} LIMIT %s OFFSET %s) p"
-        f" JOIN {RECORDS_TABLE} r ON r.id = p.id ORDER BY r.id {direction}"
+    rows = _page(
+        f"FROM {RECORDS_TABLE} m WHERE {where.text}",
+        list(where.params),
+        "m",
+        limit,
+        descending=descending,
+        offset=offset,
+        watermark=watermark,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*where.params, limit, offset])
-        return cursor.fetchall()
+    return [row[:-1] for row in rows]
 
 
-def _matches_from_index(
-    driver: Sql, limit: int, extra: Sql | None, descending: bool, offset: int, watermark: bool
-) -> list[tuple] | None:
-    """`_matches` from the ids `driver` selects; None when one of them is not a live record (the
-    index and the records disagree), for the caller to take the general path."""
+def _page(
+    source: str,
+    params: list,
+    alias: str,
+    limit: int,
+    *,
+    descending: bool,
+    offset: int,
+    watermark: bool,
+    distinct: bool = False,
+) -> list[tuple]:
+    """(id, resource_type, logical_id, text[, watermark], deleted) of the page of the ids
+    `{alias}.id` that `source` (`FROM ... [WHERE ...]`, with `params`) gives, in id order."""
     direction = "DESC" if descending else "ASC"
-    condition = f"WHERE {extra.on('d').text}" if extra is not None else ""
     highest = f", (SELECT MAX(h.id) FROM {RECORDS_TABLE} h) AS w" if watermark else ""
     sql = (
         f"SELECT p.id, r.resource_type, r.logical_id, r.text{', p.w' if watermark else ''}, r.deleted"
-        f" FROM (SELECT DISTINCT d.id{highest} FROM ({driver.text}) d {condition}"
-        f" ORDER BY d.id {direction} LIMIT %s OFFSET %s) p"
+        f" FROM (SELECT {'DISTINCT ' if distinct else ''}{alias}.id{highest} {source}"
+        f" ORDER BY {alias}.id {direction} LIMIT %s OFFSET %s) p"
         f" LEFT JOIN {RECORDS_TABLE} r ON r.id = p.id ORDER BY p.id {direction}"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*driver.params, *(extra.params if extra is not None else ()), limit, offset])
-        rows = cursor.fetchall()
-    if any(row[1] is None or row[-1] for row in rows):
-        return None
-    return [row[:-1] for row in rows]
+        cursor.execute(sql, [*params, limit, offset])
+        return cursor.fetchall()
 
 
 def _match_rows(

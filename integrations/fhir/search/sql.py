@@ -61,20 +61,19 @@ EVERYTHING = Sql("1 = 1")
 
 def all_of(conditions: list[Sql]) -> Sql:
     """The AND of `conditions` (at least one)."""
-    if len(conditions) == 1:
-        return conditions[0]
-    return Sql(
-        "(" + " AND ".join(c.text for c in conditions) + ")",
-        tuple(p for c in conditions for p in c.params),
-    )
+    return _joined(conditions, " AND ")
 
 
 def any_of(conditions: list[Sql]) -> Sql:
     """The OR of `conditions` (at least one)."""
+    return _joined(conditions, " OR ")
+
+
+def _joined(conditions: list[Sql], operator: str) -> Sql:
     if len(conditions) == 1:
         return conditions[0]
     return Sql(
-        "(" + " OR ".join(c.text for c in conditions) + ")",
+        "(" + operator.join(c.text for c in conditions) + ")",
         tuple(p for c in conditions for p in c.params),
     )
 
