@@ -201,7 +201,7 @@ def _index_rows(
 
     rows: dict[type, list[tuple]] = {model: [] for model in INDEX_MODELS}
     for record, resource in pairs:
-        for model, row in _rows_for(record, extract_search_values(resource), key(record)):
+        for model, row in _rows_for(record, extract_search_values(resource, indexed=True), key(record)):
             rows[model].append(row)
     return rows
 

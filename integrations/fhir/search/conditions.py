@@ -59,6 +59,7 @@ from integrations.fhir.search.values import (
 )
 from integrations.fhir.searchparams import (
     SearchParamDef,
+    index_params,
     normalize_string,
     resource_types,
     search_params_for,
@@ -222,22 +223,29 @@ class ConditionBuilder:
     def _index_rows(
         self, kind: str, resource_type: str, param: str, row: Sql, *, any_type: bool = False
     ) -> Sql:
-        """EXISTS a row of the record in the `kind` index for `param` that satisfies `row`."""
+        """EXISTS a row of the record in the `kind` index for `param` that satisfies `row` (the
+        rows of its members for a union parameter: `searchparams.index_params`)."""
+        params = index_params(resource_type, param.split("$", 1)[0])
+        if "$" in param:  # a component of a composite: the members' same component
+            params = tuple(f"{member}${param.split('$', 1)[1]}" for member in params)
+        param_sql = "= %s" if len(params) == 1 else f"IN ({', '.join(['%s'] * len(params))})"
         if any_type:
-            return self._rows_exist(kind, f"{ROW}.record_id = {{rec}}.id AND {ROW}.param = %s", row, (param,))
+            return self._rows_exist(
+                kind, f"{ROW}.record_id = {{rec}}.id AND {ROW}.param {param_sql}", row, params
+            )
         exists = self._rows_exist(
             kind,
-            f"{ROW}.record_id = {{rec}}.id AND {ROW}.resource_type = %s AND {ROW}.param = %s",
+            f"{ROW}.record_id = {{rec}}.id AND {ROW}.resource_type = %s AND {ROW}.param {param_sql}",
             row,
-            (resource_type, param),
+            (resource_type, *params),
         )
         # The index rows of a deleted record are removed with it, and each row repeats its
         # record's type: the rows alone say which live records match.
         alias = self._alias("d")
         records = Sql(
             f"SELECT {alias}.record_id AS id FROM {TABLE_FOR_TYPE[kind]} {alias} "
-            f"WHERE {alias}.resource_type = %s AND {alias}.param = %s AND {row.text.replace(ROW, alias)}",
-            (resource_type, param, *row.params),
+            f"WHERE {alias}.resource_type = %s AND {alias}.param {param_sql} AND {row.text.replace(ROW, alias)}",
+            (resource_type, *params, *row.params),
         )
         return Sql(exists.text, exists.params, records)
 
@@ -329,7 +337,16 @@ class ConditionBuilder:
             return ~present if missing else present
         alternatives = split_unescaped(value, ",")
         if kind == "composite":
-            return any_of([self._composite(resource_type, definition, name, alt) for alt in alternatives])
+            members = [
+                param_def(resource_type, member) or definition for member in index_params(resource_type, code)
+            ]
+            return any_of(
+                [
+                    self._composite(resource_type, member, name, alt)
+                    for alt in alternatives
+                    for member in members
+                ]
+            )
         row = any_of([self._row_sql(definition, name, modifier, alt) for alt in alternatives])
         exists = self._index_rows(kind, resource_type, code, row, any_type=any_type)
         # :not matches resources without any matching token, including those without the element.

@@ -22,7 +22,7 @@ from integrations.fhir.search.conditions import (
 )
 from integrations.fhir.search.shaping import SUMMARY_MODES
 from integrations.fhir.search.sql import NOTHING, Sql, all_of, any_of, equals, one_of
-from integrations.fhir.searchparams import resource_types
+from integrations.fhir.searchparams import index_params, resource_types
 
 # Accepted and not acted on here: formats are the views' business, paging has its own entry point.
 SILENT_PARAMS = frozenset({"_format", "_pretty", "_bundletype", "_getpages", "_getpagesoffset"})
@@ -374,6 +374,7 @@ def _sort_value(code: str, descending: bool, types: tuple[str, ...] | None) -> S
     if definition.type == "date":
         column = "high" if descending else "low"
     assert column is not None
-    rows = model.objects.filter(record_id=OuterRef("pk"), param=code)
+    params = sorted({param for t in candidates for param in index_params(t, code)})
+    rows = model.objects.filter(record_id=OuterRef("pk"), param__in=params)
     rows = rows.order_by(f"-{column}" if descending else column).values(column)[:1]
     return Subquery(rows)
