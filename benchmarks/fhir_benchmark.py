@@ -746,12 +746,15 @@ def sample_ids(db_url: str, resource_type: str, limit: int) -> list[str]:
 
 
 def vacuum_analyze(db_url: str) -> None:
-    """VACUUM ANALYZE after the bulk load, as autovacuum would do shortly after it anyway."""
+    """VACUUM ANALYZE after the bulk load, as autovacuum would do shortly after it anyway, then a
+    CHECKPOINT, so that writing out the pages the load and the vacuum dirtied (a WAL-triggered
+    checkpoint spreads it over tens of seconds) cannot fall into the measurements."""
     conn = psycopg2.connect(db_url)
     try:
         conn.autocommit = True
         with conn.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE")
+            cursor.execute("CHECKPOINT")
     finally:
         conn.close()
 
@@ -965,7 +968,7 @@ def report(
         "machine as the server.",
         f"- Server: `python manage.py serve` with gunicorn gthread, {args.http_workers} workers x "
         f"{args.http_threads} threads, no Celery worker; PostgreSQL on the same machine; "
-        "VACUUM ANALYZE after the load.",
+        "VACUUM ANALYZE and a CHECKPOINT after the load.",
         f"- Reads rotate over {args.read_ids[0]:,} random Patient and {args.read_ids[1]:,} random Observation "
         f"ids; token searches over the "
         f"{len(LOINC_CODES)} LOINC codes; date searches over {len(date_windows())} one-week windows in "
