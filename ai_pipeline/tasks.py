@@ -103,18 +103,25 @@ def queue_inference(job_id: int, event: dict | None = None, *, specialty: str | 
     jobs.record_published(job_id)
 
 
+# How a task that runs a model is delivered, retried and bounded (inside the hospital or outside):
+# redelivered if its worker dies, transient failures retried with backoff, within time limits.
+_MODEL_RUN_OPTIONS = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": settings.BTT_INFERENCE_MAX_RETRIES,
+    "soft_time_limit": settings.BTT_INFERENCE_SOFT_TIME_LIMIT,
+    "time_limit": settings.BTT_INFERENCE_TIME_LIMIT,
+}
+
+
 @shared_task(
     name="ai_pipeline.run_inference",
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
     autoretry_for=(services.TransientInferenceError,),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=settings.BTT_INFERENCE_MAX_RETRIES,
-    soft_time_limit=settings.BTT_INFERENCE_SOFT_TIME_LIMIT,
-    time_limit=settings.BTT_INFERENCE_TIME_LIMIT,
+    **_MODEL_RUN_OPTIONS,
 )
 def run_inference(self, job_id: int, event: dict | None = None, specialty: str | None = None) -> dict:
     """Run one inference job; the job's outcome as a dict (for the worker log)."""
@@ -181,16 +188,8 @@ def publish_outside_run(payload: dict, priority: str) -> None:
 
 @shared_task(
     name="ai_pipeline.run_outside_inference",
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
     autoretry_for=(outside_worker.OutsideTransientError,),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=settings.BTT_INFERENCE_MAX_RETRIES,
-    soft_time_limit=settings.BTT_INFERENCE_SOFT_TIME_LIMIT,
-    time_limit=settings.BTT_INFERENCE_TIME_LIMIT,
+    **_MODEL_RUN_OPTIONS,
 )
 def run_outside_inference(self, payload: dict) -> dict:
     """On a worker outside the hospital: run the job over HTTP, without the database
