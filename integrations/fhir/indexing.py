@@ -1,22 +1,23 @@
 """Search indexing: turns a resource's search values into rows of the index tables.
 
 The store calls these inside its write transaction, so the index always matches the current
-version of every record:
+version of every record. On PostgreSQL the rows travel inside the statement that writes the
+record(s), one array parameter per column:
+- `write_clauses(record, resource)`: a single-record create/update/patch (or, with `resource`
+  None, a delete) as clauses of that statement;
+- `bulk_insert_clauses(pairs, records_sql=...)`: the rows of many new records (transaction
+  Bundles), each joined to its record by type and id.
+Elsewhere (SQLite) the store calls
 - `index_resource(record, resource)` after a create/update/patch (replaces the record's rows),
-- `index_resources(pairs)` for many records at once (transaction Bundles, loaders): one DELETE
-  and one multi-row INSERT per table for the whole batch,
-- `clear_index(record)` on delete,
-- `write_clauses(record, resource)`: what `index_resource` (or `clear_index`) writes, as clauses
-  of one statement that also writes the record and its version (the store's single-record writes
-  on PostgreSQL).
+- `index_resources(pairs)` for many records at once: one DELETE and one multi-row INSERT per
+  table for the whole batch,
+- `clear_index(record)` on delete.
 
 Values come from `searchparams.extract_search_values` (the `search_values` contract); a parameter
 without values writes nothing, which is what `:missing=true` looks for.
 
-Rows are written as plain tuples with one INSERT statement per table and batch (psycopg2's
-`execute_values` on PostgreSQL, `executemany` on SQLite) rather than through model instances:
-building and compiling tens of thousands of model objects cost more than the database work when
-ingesting transaction Bundles.
+Rows are built as plain tuples rather than model instances: building and compiling tens of
+thousands of model objects cost more than the database work when ingesting transaction Bundles.
 """
 
 from __future__ import annotations
@@ -179,14 +180,10 @@ def bulk_insert_clauses(
     for number, (model, rows) in enumerate(_index_rows(pairs, key=lambda r: r.logical_id).items()):
         if not rows:
             continue
-        columns = ["resource_type", "param", "group_no", *_VALUE_FIELDS[model]]
-        arrays = ", ".join(
-            f"%s::{_ARRAY_TYPES[model._meta.get_field(c).get_internal_type()]}" for c in columns
-        )
-        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        names = ", ".join(f"c{i}" for i in range(3 + len(_VALUE_FIELDS[model])))
         clauses.append(
             f"idx_ins{number} AS ({_insert_head(model)}SELECT {records_sql}.id, {names} "
-            f"FROM unnest(%s::text[], {arrays}) AS u(lid, {names}) "
+            f"FROM unnest(%s::text[], {_column_arrays(model)}) AS u(lid, {names}) "
             f"JOIN {records_sql} ON {records_sql}.logical_id = u.lid AND {records_sql}.resource_type = u.c0)"
         )
         params.extend(_array_literal(column) for column in zip(*rows, strict=True))
@@ -235,23 +232,23 @@ _ARRAY_TYPES = {
 
 
 @cache
+def _column_arrays(model: type) -> str:
+    """`%s::<type>[]` for each column of `model`'s rows after the record id (PostgreSQL)."""
+    columns = ["resource_type", "param", "group_no", *_VALUE_FIELDS[model]]
+    return ", ".join(f"%s::{_ARRAY_TYPES[model._meta.get_field(c).get_internal_type()]}" for c in columns)
+
+
+@cache
 def _insert_unnest_sql(model: type, record_id_sql: str) -> str:
     """INSERT of a record's rows given as one array per column after the record id (PostgreSQL)."""
-    columns = ["resource_type", "param", "group_no", *_VALUE_FIELDS[model]]
-    arrays = ", ".join(f"%s::{_ARRAY_TYPES[model._meta.get_field(c).get_internal_type()]}" for c in columns)
-    return f"{_insert_head(model)}SELECT {record_id_sql}, * FROM unnest({arrays})"
+    return f"{_insert_head(model)}SELECT {record_id_sql}, * FROM unnest({_column_arrays(model)})"
 
 
 def _insert(model: type, rows: list[tuple]) -> None:
-    sql = _insert_sql(model)
+    """One multi-row INSERT (`index_resources`, the non-PostgreSQL path)."""
+    placeholders = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            from psycopg2.extras import execute_values
-
-            execute_values(cursor.cursor, sql + "%s", rows, page_size=_BATCH)
-        else:
-            placeholders = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
-            cursor.executemany(sql + placeholders, rows)
+        cursor.executemany(_insert_sql(model) + placeholders, rows)
 
 
 def _delete_rows(record_ids: list[int]) -> None:

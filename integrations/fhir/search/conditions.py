@@ -337,9 +337,10 @@ class ConditionBuilder:
             return ~present if missing else present
         alternatives = split_unescaped(value, ",")
         if kind == "composite":
-            members = [
-                param_def(resource_type, member) or definition for member in index_params(resource_type, code)
-            ]
+            # A union of composites (Observation's combo-*): either member's pairs.
+            members = [param_def(resource_type, member) for member in index_params(resource_type, code)]
+            if None in members:
+                raise UnknownParameter(name, "is not supported by this server")
             return any_of(
                 [
                     self._composite(resource_type, member, name, alt)
