@@ -21,6 +21,7 @@ from django.utils import timezone
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from integrations.fhir import store
 from training.phantoms import add_lesion, random_patient, render_slice, to_stored
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,3 +209,16 @@ def index_study(datasets: Sequence[Dataset], *, calling_ae: str = "CT-SCANNER") 
     study.number_of_series = study.series.count()
     study.save(update_fields=["number_of_instances", "number_of_series"])
     return study.study_instance_uid
+
+
+def fhir_imaging_study(study_uid: str, patient_id: str) -> str:
+    """An ImagingStudy of the DICOM study `study_uid` for Patient/`patient_id`, written through the
+    FHIR store as the DICOM node keeps it (identified by `urn:dicom:uid`); its id."""
+    return store.create_resource(
+        {
+            "resourceType": "ImagingStudy",
+            "status": "available",
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
+        }
+    ).stored.logical_id

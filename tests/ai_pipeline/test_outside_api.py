@@ -24,7 +24,7 @@ from ai_pipeline.models import InferenceJob, OutsideDispatch
 from ai_pipeline.services import create_job
 from integrations.fhir import store
 from integrations.fhir.search import find_matches
-from tests.ai_pipeline.support import index_study
+from tests.ai_pipeline.support import fhir_imaging_study, index_study
 from tests.ai_pipeline.test_deidentify import PHI, phi_series
 
 pytestmark = pytest.mark.django_db
@@ -46,14 +46,7 @@ def outside_job(demo_model, dicom_storage, settings, tmp_path, django_capture_on
             "identifier": [{"system": "urn:btt-health:patient-id", "value": PHI["PatientID"]}],
         }
     ).stored.logical_id
-    imaging = store.create_resource(
-        {
-            "resourceType": "ImagingStudy",
-            "status": "available",
-            "subject": {"reference": f"Patient/{patient}"},
-            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
-        }
-    ).stored.logical_id
+    imaging = fhir_imaging_study(uid, patient)
     job, _ = create_job(uid, demo_model, outside=True, accession_number=PHI["AccessionNumber"])
     with django_capture_on_commit_callbacks() as callbacks:
         payload = outside.dispatch_job(job.pk)

@@ -14,7 +14,7 @@ from integrations.fhir import store
 from integrations.fhir.models import ResourceRecord
 from integrations.fhir.outcomes import FhirError
 from integrations.fhir.search import find_matches
-from tests.ai_pipeline.support import DEMO_MODEL
+from tests.ai_pipeline.support import DEMO_MODEL, fhir_imaging_study
 
 pytestmark = pytest.mark.django_db
 
@@ -30,14 +30,7 @@ def create(resource: dict) -> str:
 @pytest.fixture
 def fhir_context() -> dict:
     patient = create({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "P-1"}]})
-    imaging = create(
-        {
-            "resourceType": "ImagingStudy",
-            "status": "available",
-            "subject": {"reference": f"Patient/{patient}"},
-            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{STUDY}"}],
-        }
-    )
+    imaging = fhir_imaging_study(STUDY, patient)
     order = create(
         {
             "resourceType": "ServiceRequest",

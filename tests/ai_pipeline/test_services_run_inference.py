@@ -14,7 +14,7 @@ from ai_pipeline.registry import ModelUnavailableError
 from ai_pipeline.services import create_job, mark_job_failed, run_inference_for_study
 from integrations.fhir import store
 from integrations.fhir.models import ResourceRecord
-from tests.ai_pipeline.support import ct_series, index_study
+from tests.ai_pipeline.support import ct_series, fhir_imaging_study, index_study
 
 pytestmark = pytest.mark.django_db
 
@@ -94,14 +94,7 @@ def test_the_fhir_context_links_patient_imaging_study_and_order(demo_model, dico
     datasets = ct_series(slices=8, lesion=True, accession="ACC-77")
     study = str(datasets[0].StudyInstanceUID)
     patient = store.create_resource({"resourceType": "Patient"}).stored.logical_id
-    imaging = store.create_resource(
-        {
-            "resourceType": "ImagingStudy",
-            "status": "available",
-            "subject": {"reference": f"Patient/{patient}"},
-            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study}"}],
-        }
-    ).stored.logical_id
+    imaging = fhir_imaging_study(study, patient)
     order = store.create_resource(
         {
             "resourceType": "ServiceRequest",
