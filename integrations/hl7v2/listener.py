@@ -7,10 +7,13 @@ of `serve`) runs it.
 - Every connection is a coroutine reading frames (`mllp.FrameReader`); a complete message goes to
   `services.receive_message` in a worker thread (`BTT_MLLP_WORKERS`, each with its own database
   connection; `workers.WorkerPool`: the thread of the connection's previous message when it is
-  idle, so a connection keeps to one thread and database session), and its ACK is written back
-  when that returns. Messages on one connection are handled in order, one at a time (MLLP
-  senders wait for each ACK); connections do not wait for each other, and a slow database holds
-  up only the connections whose messages wait for it.
+  idle, so a connection keeps to one thread and database session). On a plain connection the
+  worker writes the ACK to the socket itself once the message is committed, so the sender has
+  it without waiting for the event loop's thread to be woken and scheduled (on a busy 2-core
+  machine that took a tenth of each message's time); what the socket does not take at once, and
+  every ACK over TLS, the event loop writes. Messages on one connection are handled in order,
+  one at a time (MLLP senders wait for each ACK); connections do not wait for each other, and a
+  slow database holds up only the connections whose messages wait for it.
 - Limits: `BTT_MLLP_MAX_CONNECTIONS` (more are closed at once), `BTT_MLLP_MAX_MESSAGE_BYTES` (an
   AR after the message's end block, the connection goes on), `BTT_MLLP_TIMEOUT` (a peer silent in
   the middle of a message, or a TLS handshake, is disconnected; nothing of that message is kept),
@@ -112,6 +115,9 @@ class MllpListener:
             reader, max_bytes=self.max_bytes, timeout=self.timeout, idle_timeout=self.idle_timeout
         )
         worker: Worker | None = None  # the thread of this connection's previous message
+        # asyncio's TLS transport encrypts in the event loop: only a plain socket can be written
+        # from a worker.
+        sock = None if over_tls else writer.get_extra_info("socket")
         try:
             while True:
                 try:
@@ -125,11 +131,17 @@ class MllpListener:
                     continue
                 if message is None:
                     break
-                worker, answer = await asyncio.wrap_future(
-                    self.workers.submit(_receive, message, peer, over_tls, prefer=worker)
+                # Only while the transport has nothing queued: the worker's bytes must not overtake
+                # an earlier ACK (nothing else writes to the connection until the future is done).
+                direct_fd = (
+                    sock.fileno() if sock is not None and not writer.transport.get_write_buffer_size() else -1
                 )
-                writer.write(mllp.frame(answer))
-                await writer.drain()
+                worker, unsent = await asyncio.wrap_future(
+                    self.workers.submit(_receive, message, peer, over_tls, direct_fd, prefer=worker)
+                )
+                if unsent:
+                    writer.write(unsent)
+                    await writer.drain()
         except mllp.MllpError as exc:
             logger.warning("MLLP connection from %s closed: %s", peer, exc)
         except (ConnectionError, ssl.SSLError) as exc:
@@ -143,11 +155,16 @@ class MllpListener:
                 await asyncio.wait_for(writer.wait_closed(), 5)
 
 
-def _receive(message: bytes, peer: str, over_tls: bool) -> bytes:
+def _receive(message: bytes, peer: str, over_tls: bool, direct_fd: int) -> bytes:
+    """Receive one message; its framed ACK, less what was written to `direct_fd` (a plain
+    connection's socket; -1: none) already."""
     # Worker threads keep their database connection between messages; one a failure left
     # unusable (a database restart) is replaced before the next message.
     close_old_connections()
-    return services.receive_message(message, peer=peer, over_tls=over_tls).ack
+    framed = mllp.frame(services.receive_message(message, peer=peer, over_tls=over_tls).ack)
+    if direct_fd < 0:
+        return framed
+    return framed[mllp.write_nowait(direct_fd, framed) :]
 
 
 def _reject_oversized(prefix: bytes, size: int, peer: str) -> bytes:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 
@@ -140,6 +141,16 @@ class FrameReader:
 
 def frame(payload: bytes) -> bytes:
     return b"\x0b" + payload + b"\x1c\r"
+
+
+def write_nowait(fd: int, data: bytes) -> int:
+    """Write what a non-blocking socket takes of `data` at once; the number of bytes written (0
+    when it takes nothing, or fails: the caller's transport then writes the rest and meets the
+    error itself)."""
+    try:
+        return os.write(fd, data)
+    except OSError:  # BlockingIOError, a reset or closed peer: left to the transport
+        return 0
 
 
 def send(
