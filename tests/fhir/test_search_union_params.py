@@ -1,16 +1,17 @@
-"""Observation's combo-* parameters: no index rows of their own, searched through their members'.
+"""Union parameters: no index rows of their own, searched through their members'.
 
-`searchparams.UNION_PARAMS` says `combo-code` is `code` | `component-code` (and so on); these tests
-check that claim against the definitions' own expressions, and that every kind of search on a
-combo parameter (plain, OR, :missing, :not, composite, _sort) finds what it would find if the
-combo values were indexed under their own code.
+`searchparams.UNION_PARAMS` says Observation's `combo-code` is `code` | `component-code` (and so
+on), and that `phonetic` is `name` on Patient, Person, Practitioner and RelatedPerson; these tests
+check those claims against the definitions' own expressions, and that every kind of search on a
+union parameter (plain, OR, :missing, :not, composite, _sort) finds what it would find if its
+values were indexed under its own code.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from integrations.fhir.models.search_index import QuantityIndex, TokenIndex
+from integrations.fhir.models.search_index import QuantityIndex, StringIndex, TokenIndex
 from integrations.fhir.searchparams import UNION_PARAMS, extract_search_values
 from tests.fhir.test_search_composite import bp, mmhg
 from tests.fhir.test_search_support import LOINC, UCUM, create, ids, match_ids, observation, run
@@ -54,11 +55,32 @@ def observations() -> None:
         create(resource)
 
 
+PEOPLE = ("Patient", "Person", "Practitioner", "RelatedPerson")
+
+
+def person(resource_type: str, logical_id: str, **content) -> dict:
+    if resource_type == "RelatedPerson":  # required: whose related person
+        content["patient"] = {"reference": "Patient/patient-named"}
+    return {"resourceType": resource_type, "id": logical_id, **content}
+
+
+def people() -> list[dict]:
+    names = [
+        {"use": "official", "family": "Chalmers", "given": ["Peter", "James"], "prefix": ["Mr."]},
+        {"text": "Jimmy Chémers", "suffix": ["Jr"]},
+    ]
+    return [
+        *(person(resource_type, f"{resource_type.lower()}-named", name=names) for resource_type in PEOPLE),
+        *(person(resource_type, f"{resource_type.lower()}-unnamed") for resource_type in PEOPLE),
+    ]
+
+
 def test_each_union_is_the_union_of_its_members_values():
-    """Against the R4 definitions: the combo parameter's extracted values are its members'."""
-    for resource in samples():
+    """Against the R4 definitions: the union parameter's extracted values are its members'."""
+    assert set(UNION_PARAMS) == {"Observation", *PEOPLE}
+    for resource in [*samples(), *people()]:
         values = extract_search_values(resource)
-        for code, members in UNION_PARAMS["Observation"].items():
+        for code, members in UNION_PARAMS[resource["resourceType"]].items():
             expected = {value for member in members for value in values.get(member, [])}
             assert set(values.get(code, [])) == expected, (resource["id"], code)
 
@@ -119,3 +141,26 @@ def test_sort_by_a_union_parameter(observations):
     bundle = run("Observation", "combo-value-quantity:missing=false&_sort=-combo-value-quantity&_count=10")
     # Highest value of each: bp-high-sys 150, sys-120 120, bp-high-dia 110.
     assert match_ids(bundle) == ["bp-high-sys", "sys-120", "bp-high-dia"]
+
+
+@pytest.fixture
+def named_people() -> None:
+    for resource in people():
+        create(resource)
+
+
+def test_phonetic_writes_no_index_rows(named_people):
+    assert not StringIndex.objects.filter(param="phonetic").exists()
+    assert StringIndex.objects.filter(resource_type="Practitioner", param="name").exists()
+
+
+@pytest.mark.parametrize("resource_type", PEOPLE)
+def test_phonetic_searches_find_what_name_finds(named_people, resource_type):
+    named, unnamed = f"{resource_type.lower()}-named", f"{resource_type.lower()}-unnamed"
+    for query in ("=chalm", "=jimmy%20chem", "=nobody,james", ":exact=Peter"):
+        assert ids(resource_type, f"phonetic{query}") == ids(resource_type, f"name{query}") == {named}, query
+    assert ids(resource_type, "phonetic=nobody") == set()
+    assert ids(resource_type, "phonetic:missing=true") == {unnamed}
+    assert ids(resource_type, "phonetic:contains=emer") == {named}
+    bundle = run(resource_type, "_sort=phonetic")
+    assert match_ids(bundle) == [named, unnamed]
