@@ -27,7 +27,7 @@ import hashlib
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -84,6 +84,11 @@ class WriteResult:
     created: bool
     # Conditional create that matched an existing resource: nothing was written.
     existing: bool = False
+
+
+# A write's `then` (see `create_resource`): called with the written resource's logical id, it gives
+# the statements to send after the write's own in the same round trip, or None.
+Then = Callable[[str], "tuple[str, list] | None"]
 
 
 def format_instant(moment: datetime) -> str:
@@ -297,13 +302,23 @@ def _write_transaction(function):
 
 @_write_transaction
 def create_resource(
-    resource: dict, *, if_none_exist: str | None = None, expected_type: str | None = None
+    resource: dict,
+    *,
+    if_none_exist: str | None = None,
+    expected_type: str | None = None,
+    then: Then | None = None,
 ) -> WriteResult:
     """Create `resource` under a new server-assigned id (any id in the body is ignored, per spec).
 
     `expected_type` is the type named by the URL, which the body must match.
     With `if_none_exist` (the If-None-Exist header's query): no match creates; one match returns
     it untouched (`existing=True`); several matches raise 412.
+
+    `then`, for a caller whose transaction ends with this write (on PostgreSQL, of a type without
+    write hooks, which must run inside the transaction): called with the new logical id just
+    before the write's statement is sent; the statements it returns (SQL with `%s` placeholders,
+    and their parameters; a COMMIT, say) go in the same round trip, after the write's. It is not
+    called when that cannot be done; the caller then sends its statements itself.
     """
     validate_resource(resource, expected_type=expected_type)
     resource_type = resource["resourceType"]
@@ -312,10 +327,10 @@ def create_resource(
         if match is not None:
             return WriteResult(StoredResource.of(match), created=False, existing=True)
     check_references([resource])
-    return _create(resource, new_logical_id())
+    return _create(resource, new_logical_id(), then=then)
 
 
-def _create(resource: dict, logical_id: str) -> WriteResult:
+def _create(resource: dict, logical_id: str, *, then: Then | None = None) -> WriteResult:
     moment = _now()
     stamped = _stamp(resource, logical_id, 1, moment)
     record = ResourceRecord(
@@ -325,7 +340,7 @@ def _create(resource: dict, logical_id: str) -> WriteResult:
         last_updated=moment,
         text=_dumps(stamped),
     )
-    _save_version(record, Method.CREATE, stamped, created=True)
+    _save_version(record, Method.CREATE, stamped, created=True, then=then)
     _announce(record, stamped, "")
     return WriteResult(StoredResource.of(record), created=True)
 
@@ -334,13 +349,18 @@ _RECORD_TABLE = ResourceRecord._meta.db_table
 _VERSION_TABLE = ResourceVersion._meta.db_table
 
 
-def _save_version(record: ResourceRecord, method: str, stamped: dict | None, *, created: bool) -> None:
+def _save_version(
+    record: ResourceRecord, method: str, stamped: dict | None, *, created: bool, then: Then | None = None
+) -> None:
     """Write `record` as it now is (inserted when `created`, which sets its pk; else updated), its
     version row and its search index rows (`stamped`: the version as stored; None for a deletion,
     which clears them).
 
     PostgreSQL: one statement (data-modifying `WITH` clauses), so a write costs one round trip
     rather than one per table; the effect is the same rows as the ORM path of other databases.
+    `then` (see `create_resource`) adds statements to that round trip; the statement's result is
+    then not read: a created record's pk stays unset (nothing after the caller's last write needs
+    it), and an updated record cannot have vanished (its row is locked).
     """
     if connection.vendor != "postgresql":
         if created:
@@ -383,12 +403,22 @@ def _save_version(record: ResourceRecord, method: str, stamped: dict | None, *, 
     index_clauses, index_params = indexing.write_clauses(
         record, stamped, record_id_sql="(SELECT id FROM rec)" if created else None
     )
+    params += index_params
     with connection.cursor() as cursor:
         # Prepared: statements of the same shape (the same number of index rows per table) are
         # planned once per connection.
-        prepared.execute(
-            cursor, f"WITH {', '.join([*clauses, *index_clauses])} SELECT id FROM rec", params + index_params
+        statement = prepared.statement(
+            cursor, f"WITH {', '.join([*clauses, *index_clauses])} SELECT id FROM rec", len(params)
         )
+        following = (
+            then(record.logical_id)
+            if then is not None and not hooks.has_hooks(record.resource_type)
+            else None
+        )
+        if following is not None:
+            cursor.execute(f"{statement}; {following[0]}", [*params, *following[1]])
+            return  # the round trip's result is the last statement's, not the record's id
+        cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is None:
         raise ResourceRecord.DoesNotExist(
@@ -464,7 +494,9 @@ def _check_if_match(record: ResourceRecord, if_match: int | None) -> None:
         )
 
 
-def _write_new_version(record: ResourceRecord, resource: dict, method: str) -> StoredResource:
+def _write_new_version(
+    record: ResourceRecord, resource: dict, method: str, *, then: Then | None = None
+) -> StoredResource:
     moment = _now()
     previous_text = "" if record.deleted else record.text
     record.version_id += 1
@@ -472,7 +504,7 @@ def _write_new_version(record: ResourceRecord, resource: dict, method: str) -> S
     record.deleted = False
     stamped = _stamp(resource, record.logical_id, record.version_id, moment)
     record.text = _dumps(stamped)
-    _save_version(record, method, stamped, created=False)
+    _save_version(record, method, stamped, created=False, then=then)
     _announce(record, stamped, previous_text)
     return StoredResource.of(record)
 
@@ -522,12 +554,18 @@ def check_update_id(resource_type: str, logical_id: str, body: dict) -> None:
 
 @_write_transaction
 def update_resource(
-    resource_type: str, logical_id: str, resource: dict, *, if_match: int | None = None
+    resource_type: str,
+    logical_id: str,
+    resource: dict,
+    *,
+    if_match: int | None = None,
+    then: Then | None = None,
 ) -> WriteResult:
     """Replace the resource with `resource` as a new version; create it when unknown (201).
 
     The body's id must equal `logical_id`. `if_match` (the ETag's version) must equal the current
     version or 412 is raised; with `if_match` an unknown resource is 404 rather than created.
+    `then`: as `create_resource`'s.
     """
     check_resource_type(resource_type)
     validate_resource(resource, expected_type=resource_type)
@@ -537,10 +575,10 @@ def update_resource(
     if record is None:
         if if_match is not None:
             raise not_found(resource_type, logical_id)
-        return _create(resource, logical_id)
+        return _create(resource, logical_id, then=then)
     _check_if_match(record, if_match)
     was_deleted = record.deleted
-    stored = _write_new_version(record, resource, Method.UPDATE)
+    stored = _write_new_version(record, resource, Method.UPDATE, then=then)
     return WriteResult(stored, created=was_deleted)
 
 

@@ -93,13 +93,17 @@ def receive_message(raw: bytes, *, peer: str = "", over_tls: bool = False) -> Re
         message_id = _store_unreadable(raw, peer, over_tls, error, ack.text)
         logger.warning("HL7 message from %s rejected: %s", peer or "?", error.describe())
         return Received(ack.encode(default_codec), "AR", message_id, State.REJECTED)
+    row = _new_row(raw, header, peer, over_tls)
+    deferred = connection.vendor == "postgresql" and connection.get_autocommit()
     try:
-        row, twin = _store_raw(raw, header, peer, over_tls)
+        if deferred:
+            row.pk = _next_message_id()
+            twin = None
+        else:
+            twin = _store_raw(row)
     except DatabaseError as exc:
-        logger.exception("HL7 message from %s could not be stored", peer or "?")
-        error = Hl7Error(f"the message could not be stored (database error: {_one_line(exc)}); send it again")
-        return Received(build_ack(header, "AE", error=error).encode(header.codec), "AE", None, State.FAILED)
-    return _process(row, raw, header, reprocessing=False, twin=twin)
+        return _not_stored(header, peer, exc)
+    return _process(row, raw, header, reprocessing=False, twin=twin, deferred=deferred)
 
 
 def reprocess_message(message_id: int) -> InboundMessage:
@@ -150,24 +154,11 @@ class _Twin:
     charset: str
 
 
-def _store_raw(
-    raw: bytes, header: er7.Header, peer: str, over_tls: bool
-) -> tuple[InboundMessage, _Twin | None]:
-    """Insert the raw message (state received) and commit it; the row, and the processed row with
-    the same sender and control ID if there is one (its twin: this message is a repeat).
-
-    The commit does not wait for the disk (`synchronous_commit off` for this transaction only):
-    it becomes durable with the next synchronous commit, at the latest the one that marks the
-    message processed or failed, which comes before any ACK. A crash before then loses only a
-    message that was never acknowledged, which the sender sends again.
-
-    On PostgreSQL outside any transaction (the listener) this is one prepared statement, committed
-    on its own (autocommit): the insert, `synchronous_commit` off for its transaction (`set_config`)
-    and the look-up of the twin, in one round trip.
-    """
+def _new_row(raw: bytes, header: er7.Header, peer: str, over_tls: bool) -> InboundMessage:
+    """The raw message's row (state received), not saved yet."""
     enc = header.encoding
     message_type = header.raw(9).split(enc.repetition)[0].split(enc.component)
-    row = InboundMessage(
+    return InboundMessage(
         received_at=timezone.now(),
         peer=peer[:100],
         over_tls=over_tls,
@@ -179,59 +170,92 @@ def _store_raw(
         message_type=enc.component.join(p.strip() for p in message_type[:2])[:40],
         version=header.raw(12).split(enc.component)[0].strip()[:20],
     )
-    if connection.vendor == "postgresql" and connection.get_autocommit():
-        with connection.cursor() as cursor:
-            prepared.execute(
-                cursor,
-                _STORE_RAW_SQL,
-                [
-                    row.received_at,
-                    row.peer,
-                    row.over_tls,
-                    raw,
-                    row.charset,
-                    row.sending_application,
-                    row.sending_facility,
-                    row.control_id,
-                    row.message_type,
-                    row.version,
-                    row.sending_application,
-                    row.sending_facility,
-                    row.control_id,
-                ],
-            )
-            pk, twin_pk, twin_ack, twin_charset = cursor.fetchone()
-        row.pk = pk
-        return row, _Twin(twin_pk, twin_ack, twin_charset) if twin_pk is not None else None
-    # Inside a transaction (a test's) or on SQLite: the ORM, then the look-up.
+
+
+def _not_stored(header: er7.Header, peer: str, exc: DatabaseError) -> Received:
+    logger.exception("HL7 message from %s could not be stored", peer or "?")
+    error = Hl7Error(f"the message could not be stored (database error: {_one_line(exc)}); send it again")
+    return Received(build_ack(header, "AE", error=error).encode(header.codec), "AE", None, State.FAILED)
+
+
+def _store_raw(row: InboundMessage) -> _Twin | None:
+    """Insert the raw message's row and commit it; the processed row with the same sender and
+    control ID if there is one (its twin: this message is a repeat). For callers in a transaction
+    or on SQLite; the listener's path on PostgreSQL is `_store_raw_prelude`.
+
+    The commit does not wait for the disk (`synchronous_commit off` for this transaction only):
+    it becomes durable with the next synchronous commit, at the latest the one that marks the
+    message processed or failed, which comes before any ACK. A crash before then loses only a
+    message that was never acknowledged, which the sender sends again."""
     with transaction.atomic(durable=True):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
         row.save(force_insert=True)
-    return row, _processed_twin(row)
+    return _processed_twin(row)
+
+
+def _next_message_id() -> int:
+    """An id for a new message row, from ids taken from the table's sequence in batches (one round
+    trip per `_ID_BATCH` messages): the row can then be inserted in the same round trip as the
+    apply transaction's first statement, whose result is that statement's only (`_store_raw_prelude`).
+    Ids follow arrival order within a database session; rows list by `received_at`."""
+    state = getattr(connection, "_btt_hl7_ids", None)
+    if state is None or state[0] is not connection.connection or not state[1]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT nextval(pg_get_serial_sequence('{_TABLE}', 'id')) FROM generate_series(1, {_ID_BATCH})"
+            )
+            ids = sorted(row[0] for row in cursor.fetchall())
+        state = (connection.connection, ids[::-1])  # popped from the end: lowest first
+        connection._btt_hl7_ids = state
+    return state[1].pop()
+
+
+_ID_BATCH = 32
+
+
+def _store_raw_prelude(row: InboundMessage) -> tuple[str, list]:
+    """The statements that store the raw row (with its id: `_next_message_id`) as a transaction of
+    its own, committed without waiting for the disk (as `_store_raw`), sent in front of the apply
+    transaction's first statement (`_apply_transaction`): the message is stored before anything
+    of it is applied, without a round trip of its own."""
+    params = _raw_params(row)
+    with connection.cursor() as cursor:
+        insert = prepared.statement(cursor, _STORE_RAW_SQL, len(params))
+    return f"BEGIN; SET LOCAL synchronous_commit TO OFF; {insert}; COMMIT; ", params
+
+
+def _ensure_stored(row: InboundMessage) -> None:
+    """After a failed apply whose transaction carried `_store_raw_prelude`: the raw row stored,
+    if that did not happen (the failure came before any statement, or was the prelude's own)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"{_STORE_RAW_SQL} ON CONFLICT (id) DO NOTHING", _raw_params(row))
+
+
+def _raw_params(row: InboundMessage) -> list:
+    return [
+        row.pk,
+        row.received_at,
+        row.peer,
+        row.over_tls,
+        row.raw,
+        row.charset,
+        row.sending_application,
+        row.sending_facility,
+        row.control_id,
+        row.message_type,
+        row.version,
+    ]
 
 
 _TABLE = InboundMessage._meta.db_table
-_STORE_RAW_SQL = f"""
-WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
-stored AS (
-    INSERT INTO {_TABLE} (received_at, peer, over_tls, raw, charset, sending_application,
-        sending_facility, control_id, message_type, version, state, error, ack_code, ack, attempts,
-        resources)
-    SELECT %s::timestamptz, %s::text, %s::boolean, %s::bytea, %s::text, %s::text, %s::text, %s::text,
-        %s::text, %s::text, 'received', '', '', '', 0, '[]'::jsonb
-    FROM async_commit
-    RETURNING id
+_STORE_RAW_SQL = (
+    f"INSERT INTO {_TABLE} (id, received_at, peer, over_tls, raw, charset, sending_application, "
+    "sending_facility, control_id, message_type, version, state, error, ack_code, ack, attempts, "
+    "resources) VALUES (%s, %s::timestamptz, %s::text, %s::boolean, %s::bytea, %s::text, %s::text, "
+    "%s::text, %s::text, %s::text, %s::text, 'received', '', '', '', 0, '[]'::jsonb)"
 )
-SELECT stored.id, twin.id, twin.ack, twin.charset
-FROM stored LEFT JOIN LATERAL (
-    SELECT id, ack, charset FROM {_TABLE}
-    WHERE sending_application = %s AND sending_facility = %s AND control_id = %s
-        AND state = 'processed'
-    ORDER BY id LIMIT 1
-) AS twin ON true
-"""
 
 
 def _store_unreadable(raw: bytes, peer: str, over_tls: bool, error: Hl7Error, ack: str) -> int | None:
@@ -252,42 +276,67 @@ def _store_unreadable(raw: bytes, peer: str, over_tls: bool, error: Hl7Error, ac
 
 
 def _process(
-    row: InboundMessage, raw: bytes, header: er7.Header, *, reprocessing: bool, twin: _Twin | None = None
+    row: InboundMessage,
+    raw: bytes,
+    header: er7.Header,
+    *,
+    reprocessing: bool,
+    twin: _Twin | None = None,
+    deferred: bool = False,
 ) -> Received:
-    """Apply a stored message and record the outcome. `twin`: the processed row with the same sender
-    and control ID, looked up when the message was stored (a repeat is answered with its ACK)."""
+    """Apply a message and record the outcome.
+
+    The row is stored already, or with `deferred` (the listener on PostgreSQL) its insert goes in
+    front of the apply transaction's first statement (`_store_raw_prelude`), and a failure stores
+    it before recording itself (`_ensure_stored`). A repeat (a processed row with the same sender
+    and control ID) is answered with its twin's ACK and not applied: `twin` was looked up when the
+    row was stored; with `deferred` the repeat shows when marking it processed breaks the unique
+    index of processed rows, or is looked up after any failure to apply."""
     codec = header.codec
+    applying = False
     try:
         message = _parse(raw, header)
         code, trigger, version = _check_header(message)
         if twin is not None and not reprocessing:
             return _answer_duplicate(row, twin)
-        with _apply_transaction() as apply:
-            resources = apply_message(message, code, trigger, version)
-            ack = build_ack(header, "AA")
-            _mark_processed(row.pk, ack.text, resources, apply=apply)
+        ack = build_ack(header, "AA")
+        applying = True
+        with _apply_transaction(prelude=_store_raw_prelude(row) if deferred else None) as apply:
+            finish = _Finish(row.pk, ack.text, apply)
+            resources = apply_message(message, code, trigger, version, finish=finish)
+            if not finish.sent:
+                _mark_processed(row.pk, ack.text, resources, apply=apply)
         return Received(ack.encode(codec), "AA", row.pk, State.PROCESSED)
-    except Hl7Error as error:
-        ack = build_ack(header, error.ack_code, error=error)
-        state = State.REJECTED if error.ack_code == "AR" else State.FAILED
-        _mark(row.pk, state, error, ack.text)
-        logger.warning("HL7 message %s (row %s) %s: %s", row.control_id, row.pk, state, error.describe())
-        return Received(ack.encode(codec), error.ack_code, row.pk, state)
-    except IntegrityError as exc:
-        twin = _processed_twin(row)
-        if twin is not None and not reprocessing:
-            return _answer_duplicate(row, twin)
+    except Exception as exc:
+        if deferred:
+            try:
+                _ensure_stored(row)
+            except DatabaseError as store_exc:
+                return _not_stored(header, row.peer, store_exc)
+        if applying and not reprocessing and (deferred or isinstance(exc, IntegrityError)):
+            twin = _processed_twin_or_none(row)
+            if twin is not None:
+                return _answer_duplicate(row, twin)
+        return _record_failure(row, header, exc)
+
+
+def _record_failure(row: InboundMessage, header: er7.Header, exc: Exception) -> Received:
+    """The row marked failed (AE) or rejected (AR) for `exc`, and the ACK saying why."""
+    if isinstance(exc, Hl7Error):
+        ack = build_ack(header, exc.ack_code, error=exc)
+        state = State.REJECTED if exc.ack_code == "AR" else State.FAILED
+        _mark(row.pk, state, exc, ack.text)
+        logger.warning("HL7 message %s (row %s) %s: %s", row.control_id, row.pk, state, exc.describe())
+        return Received(ack.encode(header.codec), exc.ack_code, row.pk, state)
+    if isinstance(exc, DatabaseError):
+        if not isinstance(exc, IntegrityError):
+            logger.exception("HL7 message %s (row %s): database error", row.control_id, row.pk)
         return _failed(row, header, f"database error, nothing applied: {_one_line(exc)}")
-    except DatabaseError as exc:
-        logger.exception("HL7 message %s (row %s): database error", row.control_id, row.pk)
-        return _failed(row, header, f"database error, nothing applied: {_one_line(exc)}")
-    except FhirError as exc:
+    if isinstance(exc, FhirError):
         return _failed(row, header, f"the FHIR store refused the result, nothing applied: {_one_line(exc)}")
-    except Exception as exc:  # a bug: keep the message in the error queue, tell the sender
-        logger.exception("HL7 message %s (row %s): internal error", row.control_id, row.pk)
-        return _failed(
-            row, header, f"internal error, nothing applied: {type(exc).__name__}: {_one_line(exc)}"
-        )
+    # A bug: keep the message in the error queue, tell the sender.
+    logger.error("HL7 message %s (row %s): internal error", row.control_id, row.pk, exc_info=exc)
+    return _failed(row, header, f"internal error, nothing applied: {type(exc).__name__}: {_one_line(exc)}")
 
 
 def _parse(raw: bytes, header: er7.Header) -> er7.Message:
@@ -361,21 +410,27 @@ def _check_header(message: er7.Message) -> tuple[str, str, str]:
 class _ApplyTransaction:
     """The state of one `_apply_transaction` block (see there)."""
 
-    def __init__(self, explicit: bool) -> None:
+    def __init__(self, explicit: bool, prelude: tuple[str, list] | None = None) -> None:
         # True: BEGIN and COMMIT travel in the statements' text (PostgreSQL, outside a transaction).
         self.explicit = explicit
+        # Statements (ending in "; ") to send before the BEGIN, with their parameters.
+        self.prelude = prelude or ("", [])
         self.begun = False
         self.committed = False
 
     def begin_with_first_statement(self, execute, sql, params, many, context):
-        """A Django execute wrapper: BEGIN sent in front of the block's first statement."""
+        """A Django execute wrapper: the prelude and BEGIN sent in front of the block's first
+        statement."""
         if not self.begun:
             self.begun = True
-            if many:  # executemany would repeat a prefix for every parameter set
+            prelude, prelude_params = self.prelude
+            # executemany would repeat a prefix for every parameter set; without a parameter list
+            # the driver would not fill in the prelude's.
+            if many or not isinstance(params, list | tuple):
                 with context["connection"].wrap_database_errors:
-                    context["cursor"].cursor.execute("BEGIN")
+                    context["cursor"].cursor.execute(f"{prelude}BEGIN", prelude_params)
             else:
-                sql = f"BEGIN; {sql}"
+                sql, params = f"{prelude}BEGIN; {sql}", [*prelude_params, *params]
         return execute(sql, params, many, context)
 
     def commit_suffix(self) -> str:
@@ -390,7 +445,7 @@ class _ApplyTransaction:
 
 
 @contextmanager
-def _apply_transaction() -> Iterator[_ApplyTransaction]:
+def _apply_transaction(prelude: tuple[str, list] | None = None) -> Iterator[_ApplyTransaction]:
     """`transaction.atomic(durable=True)` for applying a message, two round trips cheaper on
     PostgreSQL: psycopg2 sends BEGIN as a round trip of its own before the first statement, and
     COMMIT as another. Here the driver connection is put in autocommit mode for the block (it then
@@ -400,16 +455,22 @@ def _apply_transaction() -> Iterator[_ApplyTransaction]:
     synchronous as before, and nothing follows an ACK that it has not waited for. On an error the
     block is rolled back before the error leaves it.
 
+    `prelude` (PostgreSQL outside a transaction only): statements, with their own transaction,
+    sent in front of the BEGIN in the same round trip (`_store_raw_prelude`). A block that sends
+    no statement sends no prelude either.
+
     Django still sees an atomic block (nested `atomic` calls make savepoints or nothing, and
     `on_commit` callbacks run once the COMMIT is done). Statements sent on the driver's cursor
     directly (not through Django's) must not be the first of the block: they would run before the
     BEGIN. Elsewhere (SQLite, or inside a caller's transaction) this is plain `atomic`.
     """
     if connection.vendor != "postgresql" or not connection.get_autocommit():
+        if prelude is not None:
+            raise ValueError("a prelude needs PostgreSQL outside a transaction")
         with transaction.atomic(durable=True):
             yield _ApplyTransaction(explicit=False)
         return
-    block = _ApplyTransaction(explicit=True)
+    block = _ApplyTransaction(explicit=True, prelude=prelude)
     with transaction.atomic(durable=True):
         # atomic has connected and switched the driver to manual commit, with nothing sent yet.
         connection.connection.autocommit = True
@@ -457,18 +518,58 @@ def _mark_processed(
         )
         return
     suffix = apply.commit_suffix() if apply is not None else ""
-    params = [ack, timezone.now(), orjson.dumps(resources).decode(), pk]
     with connection.cursor() as cursor:
-        statement = prepared.statement(cursor, _MARK_PROCESSED_SQL, len(params))
-        cursor.execute(statement + suffix, params)
+        sql, params = _mark_processed_statement(cursor, pk, ack, resources)
+        cursor.execute(sql + suffix, params)
     if apply is not None:
         apply.ran_last_statement(suffix)
+
+
+def _mark_processed_statement(cursor, pk: int, ack: str, resources: list[str]) -> tuple[str, list]:
+    params = [ack, timezone.now(), orjson.dumps(resources).decode(), pk]
+    return prepared.statement(cursor, _MARK_PROCESSED_SQL, len(params)), params
 
 
 _MARK_PROCESSED_SQL = (
     f"UPDATE {_TABLE} SET state = 'processed', error = '', ack_code = 'AA', ack = %s, "
     "processed_at = %s, resources = %s::jsonb, attempts = attempts + 1 WHERE id = %s"
 )
+
+
+class _Finish:
+    """Ends the apply transaction with a message's last FHIR write: the write's `then`
+    (`store.py`) sends the mark-processed UPDATE and the COMMIT in its round trip, one round trip
+    fewer than `_mark_processed` after it. Only for a write that is the message's last statement
+    and its only result (an ADT patient event's Patient). When `sent` stays False (no such
+    write, another database, a type with write hooks) the caller marks the row itself."""
+
+    def __init__(self, pk: int, ack: str, apply: _ApplyTransaction) -> None:
+        self.pk = pk
+        self.ack = ack
+        self.apply = apply
+        self.sent = False
+        self._suffix = ""
+
+    def then(self, resource_type: str) -> store.Then:
+        """The `then` of the write of the message's one resource, of `resource_type`."""
+
+        def mark_and_commit(logical_id: str) -> tuple[str, list] | None:
+            self._suffix = self.apply.commit_suffix()
+            if not self._suffix:
+                return None
+            with connection.cursor() as cursor:
+                sql, params = _mark_processed_statement(
+                    cursor, self.pk, self.ack, [f"{resource_type}/{logical_id}"]
+                )
+            self.sent = True
+            return sql + self._suffix, params
+
+        return mark_and_commit
+
+    def written(self) -> None:
+        """The write that carried the statements returned: the transaction is committed."""
+        if self.sent:
+            self.apply.ran_last_statement(self._suffix)
 
 
 def _processed_twin(row: InboundMessage) -> _Twin | None:
@@ -484,6 +585,15 @@ def _processed_twin(row: InboundMessage) -> _Twin | None:
         .first()
     )
     return _Twin(*found) if found is not None else None
+
+
+def _processed_twin_or_none(row: InboundMessage) -> _Twin | None:
+    """`_processed_twin` after a failure; None when the database cannot tell (the failure's own
+    handling then meets that error)."""
+    try:
+        return _processed_twin(row)
+    except DatabaseError:
+        return None
 
 
 def _answer_duplicate(row: InboundMessage, twin: _Twin) -> Received:
@@ -519,13 +629,16 @@ def _one_line(exc: BaseException) -> str:
 # --- What a message does -------------------------------------------------------------------------
 
 
-def apply_message(message: er7.Message, code: str, trigger: str, version: str) -> list[str]:
+def apply_message(
+    message: er7.Message, code: str, trigger: str, version: str, *, finish: _Finish | None = None
+) -> list[str]:
     """Apply a checked message inside the caller's transaction; the FHIR resources it wrote or
-    linked, as `Type/id`. Raises Hl7Error (AE) for content it cannot apply."""
+    linked, as `Type/id`. Raises Hl7Error (AE) for content it cannot apply. `finish`: may end
+    the transaction with an ADT patient event's Patient write (`_Finish`)."""
     if code == "ADT" and trigger == "A40":
         return merge_patients(message, version)
     pid = _required_segment(message, "PID", f"{code}^{trigger}")
-    patient_id = upsert_patient(mapping.patient_data(pid, version))
+    patient_id = upsert_patient(mapping.patient_data(pid, version), finish=finish if code == "ADT" else None)
     if code == "ADT":
         return [f"Patient/{patient_id}"]
     groups = mapping.order_groups(message.segments)
@@ -550,12 +663,13 @@ def _required_segment(message: er7.Message, name: str, what: str) -> er7.Segment
     return segment
 
 
-def upsert_patient(data: mapping.PatientData) -> str:
+def upsert_patient(data: mapping.PatientData, *, finish: _Finish | None = None) -> str:
     """The logical id of the Patient `data` describes, updated or created (module docstring).
 
     Serialised per identifier (the FHIR store's conditional-write lock on `identifier=system|value`,
     which the DICOM node takes too), so two messages for a new patient make one Patient. Writes
-    nothing when the Patient already says what the message says.
+    nothing when the Patient already says what the message says. `finish`: the write, if any, may
+    end the transaction (`_Finish`); nothing may be sent after it then.
     """
     found = _find_by_identifiers("Patient", data.identifiers, lock=True)
     existing = None
@@ -566,7 +680,7 @@ def upsert_patient(data: mapping.PatientData) -> str:
             data = mapping.PatientData([], data.elements, data.removed)
         found = survivor
     patient = mapping.merge_patient(existing, data)
-    return _write("Patient", found, existing, patient)
+    return _write("Patient", found, existing, patient, finish=finish)
 
 
 def merge_patients(message: er7.Message, version: str) -> list[str]:
@@ -728,15 +842,29 @@ def _survivor(patient_id: str) -> tuple[str, dict]:
     return current, resource
 
 
-def _write(resource_type: str, logical_id: str | None, existing: dict | None, resource: dict) -> str:
-    """Create or update through the FHIR store; nothing when the content is unchanged.
+def _write(
+    resource_type: str,
+    logical_id: str | None,
+    existing: dict | None,
+    resource: dict,
+    *,
+    finish: _Finish | None = None,
+) -> str:
+    """Create or update through the FHIR store; nothing when the content is unchanged. `finish`:
+    the write may end the transaction (`_Finish`).
 
     Without a savepoint: any error fails the whole message, whose transaction is rolled back."""
+    then = finish.then(resource_type) if finish is not None else None
     if logical_id is None:
-        return store.create_resource(resource, savepoint=False).stored.logical_id
-    if existing is not None and _content(existing) == _content(resource):
+        logical_id = store.create_resource(resource, savepoint=False, then=then).stored.logical_id
+    elif existing is not None and _content(existing) == _content(resource):
         return logical_id
-    store.update_resource(resource_type, logical_id, {**resource, "id": logical_id}, savepoint=False)
+    else:
+        store.update_resource(
+            resource_type, logical_id, {**resource, "id": logical_id}, savepoint=False, then=then
+        )
+    if finish is not None:
+        finish.written()
     return logical_id
 
 

@@ -33,6 +33,20 @@ def test_a_repeat_gets_the_same_ack_and_is_not_applied_again(mllp_listener) -> N
     assert ack_fields(other)["MSA"][1:3] == ["AA", "ADT1003"]
 
 
+def test_a_repeat_that_could_not_be_applied_gets_the_first_copys_ack(mllp_listener) -> None:
+    message = read_fixture("adt_a04_v23_cr_escapes.hl7")
+    first = send_message(mllp_listener.port, message)
+    # The listener applies a message before it knows it is a repeat (the unique index of processed
+    # rows tells it): this copy's birth date is no date, yet the answer is the first copy's ACK.
+    broken = message.replace(b"|19", b"|1913-45", 1)
+    assert broken != message
+
+    assert send_message(mllp_listener.port, broken) == first
+    rows = list(InboundMessage.objects.filter(control_id="ADT1003").order_by("pk"))
+    assert [r.state for r in rows] == [InboundMessage.State.PROCESSED, InboundMessage.State.DUPLICATE]
+    assert bytes(rows[1].raw) == broken
+
+
 def test_copies_on_two_connections_at_once_are_applied_once(mllp_listener) -> None:
     message = read_fixture("adt_a01_v251_crlf_utf8.hl7")
     acks: list[bytes] = []
