@@ -199,7 +199,8 @@ def _next_message_id() -> int:
     """An id for a new message row, from ids taken from the table's sequence in batches (one round
     trip per `_ID_BATCH` messages): the row can then be inserted in the same round trip as the
     apply transaction's first statement, whose result is that statement's only (`_store_raw_prelude`).
-    Ids follow arrival order within a database session; rows list by `received_at`."""
+    Ids are unique but, between sessions (worker threads), not in arrival order, as with HAPI
+    FHIR's pooled sequences: rows list by `received_at` (the model's ordering)."""
     state = getattr(connection, "_btt_hl7_ids", None)
     if state is None or state[0] is not connection.connection or not state[1]:
         with connection.cursor() as cursor:
