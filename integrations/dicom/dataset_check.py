@@ -213,6 +213,10 @@ class _Walker:
         self.tag_format = struct.Struct(self.prefix + "HH")
         self.u32 = struct.Struct(self.prefix + "L")
         self.u16 = struct.Struct(self.prefix + "H")
+        # An element header: group, element, then the 32-bit length (implicit VR; `vr` unpacks
+        # as an empty byte string) or the VR and the 16-bit length (explicit VR).
+        self.implicit_header = struct.Struct(self.prefix + "HH0sL")
+        self.explicit_header = struct.Struct(self.prefix + "HH2sH")
 
     def _tag(self, offset: int) -> int:
         group, element = self.tag_format.unpack_from(self.buffer, offset)
@@ -226,25 +230,31 @@ class _Walker:
         """
         if depth > _MAX_DEPTH:
             raise MalformedDataset("malformed", f"sequences nested deeper than {_MAX_DEPTH} levels")
-        buffer_u32 = self.u32
+        # One unpack per element header (the tag's two halves, and the VR and short length or
+        # the 32-bit length): this loop runs for every element of every instance stored.
+        buffer = self.buffer
+        implicit = self.implicit
+        header = self.implicit_header if implicit else self.explicit_header
+        long_length = self.u32.unpack_from
+        capture, captured = self.capture, self.captured
         while offset < end:
             if offset + 8 > end:
                 raise MalformedDataset(
                     "truncated", f"data set ends inside an element header at byte {offset}"
                 )
-            tag = self._tag(offset)
-            if tag == _ITEM_DELIMITER and depth:
-                return offset
-            if tag in (_ITEM, _ITEM_DELIMITER, _SEQUENCE_DELIMITER):
-                raise MalformedDataset(
-                    "malformed", f"unexpected {tag_str(tag)} item tag in a data set at byte {offset}"
-                )
-            if self.implicit:
+            group, element, vr, length = header.unpack_from(buffer, offset)
+            tag = (group << 16) | element
+            if group == 0xFFFE:
+                if tag == _ITEM_DELIMITER and depth:
+                    return offset
+                if tag in (_ITEM, _ITEM_DELIMITER, _SEQUENCE_DELIMITER):
+                    raise MalformedDataset(
+                        "malformed", f"unexpected {tag_str(tag)} item tag in a data set at byte {offset}"
+                    )
+            if implicit:
                 vr = None
-                (length,) = buffer_u32.unpack_from(self.buffer, offset + 4)
                 value = offset + 8
             else:
-                vr = bytes(self.buffer[offset + 4 : offset + 6])
                 if vr not in VALID_VRS:
                     raise MalformedDataset("invalid-vr", f"invalid VR {vr_str(vr)} in {tag_str(tag)}", tag)
                 if vr in LONG_LENGTH_VRS:
@@ -252,18 +262,17 @@ class _Walker:
                         raise MalformedDataset(
                             "truncated", f"data set ends inside the header of {tag_str(tag)}", tag
                         )
-                    (length,) = buffer_u32.unpack_from(self.buffer, offset + 8)
+                    (length,) = long_length(buffer, offset + 8)
                     value = offset + 12
                 else:
-                    (length,) = self.u16.unpack_from(self.buffer, offset + 6)
                     value = offset + 8
-            if depth == 0 and tag in self.capture and self.captured is not None:
+            if depth == 0 and tag in capture and captured is not None:
                 if length == _UNDEFINED or length > _CAPTURE_MAX or value + length > end:
-                    self.captured = None  # not taken as is: the caller reads the header itself
+                    self.captured = captured = None  # not taken as is: the caller reads the header itself
                 else:
-                    self.captured[tag] = (
+                    captured[tag] = (
                         vr.decode("ascii") if vr is not None else None,
-                        bytes(self.buffer[value : value + length]),
+                        bytes(buffer[value : value + length]),
                     )
             if length == _UNDEFINED:
                 if vr == b"SQ" or vr == b"UN" or (self.implicit and tag not in _PIXEL_DATA_TAGS):

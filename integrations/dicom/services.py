@@ -12,7 +12,8 @@ Storing (`store_instance`) - the ingest path:
    in memory;
 2. it is validated (UIDs present, SOP class and instance matching the request / File Meta);
 3. the file is moved into the instance storage (`storage.py`) under a key derived from its SOP
-   Instance UID, and made durable (fsync of the file and its folder) in the background;
+   Instance UID, and made durable (fsync of the file and its folder): right before the index
+   statement on the usual path, in the background while the ORM path writes;
 4. the index: Patient (matched by Patient ID + Issuer of Patient ID), Study, Series and Instance,
    the counters, and study-complete detection's per-instance update (`study_complete`), which
    schedules the completion check and the FHIR ImagingStudy upkeep on commit. For an instance of
@@ -37,6 +38,7 @@ nothing visible.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -59,7 +61,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
 
 from btt_health import prepared
-from integrations.dicom import study_complete
+from integrations.dicom import raw_values, study_complete
 from integrations.dicom.dataset_check import (
     FileLayout,
     MalformedDataset,
@@ -104,14 +106,36 @@ class InstanceNotFound(Exception):
     """No instance with that SOP Instance UID is indexed."""
 
 
-@dataclass(frozen=True)
 class StoreResult:
     """A stored (or kept) instance. `outcome`: 'stored', 'replaced' or 'duplicate' (already
-    indexed, kept under the `keep` policy: nothing was written)."""
+    indexed, kept under the `keep` policy: nothing was written); `instance`, the Instance row
+    (for the usual case built on first use from what the index statement returned, with its
+    series and study attached: the C-STORE handler never looks at it); `status`, the DIMSE
+    status answered. Not to be changed."""
 
-    outcome: str
-    instance: Instance
-    status: int = SUCCESS
+    __slots__ = ("_instance", "_load", "outcome", "status")
+
+    def __init__(
+        self,
+        outcome: str,
+        instance: Instance | None = None,
+        status: int = SUCCESS,
+        *,
+        load: Callable[[], Instance] | None = None,
+    ) -> None:
+        self.outcome = outcome
+        self.status = status
+        self._instance = instance
+        self._load = load
+
+    @property
+    def instance(self) -> Instance:
+        if self._instance is None and self._load is not None:
+            self._instance, self._load = self._load(), None
+        return self._instance
+
+    def __repr__(self) -> str:
+        return f"StoreResult({self.outcome!r}, status=0x{self.status:04X})"
 
 
 # --- What each level of the index keeps (DICOM JSON in `tags`; no bulk data) -------------------
@@ -294,16 +318,77 @@ def _stage_stream(fileobj: BinaryIO, file_meta: FileMetaDataset | None, folder: 
     return staged
 
 
-@dataclass
 class _Header:
-    """What the index needs from one instance, read from its header."""
+    """What the index needs from one instance, read from its header: the file's layout, the four
+    UIDs, and the indexed attributes, as captured by the structural check (`values`) or, where it
+    could not take them as they are, as pydicom read them (`dataset`, also made on demand from
+    the captured values for what `raw_values` does not decode)."""
 
-    layout: FileLayout
-    dataset: Dataset
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
+    def __init__(self, layout: FileLayout, dataset: Dataset | None = None) -> None:
+        self.layout = layout
+        self._dataset = dataset
+        # Captured encoded values (tag -> (VR or None when implicit, bytes)); empty when the
+        # header came from dcmread (`dataset` given).
+        self.captured = dataset is None
+        self.values: dict[int, tuple[str | None, bytes]] = layout.captured if self.captured else {}
+        self.ascii_text = raw_values.ascii_charset(self.values.get(0x00080005, (None, None))[1])
+        self.sop_class_uid = ""
+        self.sop_instance_uid = ""
+        self.study_instance_uid = ""
+        self.series_instance_uid = ""
+
+    @property
+    def dataset(self) -> Dataset:
+        """The indexed attributes as a pydicom data set (of raw elements, converted on first use)."""
+        if self._dataset is None:
+            self._dataset = _dataset_of(self.layout)
+        return self._dataset
+
+    def text(self, tag: int) -> str:
+        """`_text(self.dataset, tag)`, without pydicom for a plain UID."""
+        captured = self.values.get(tag)
+        if captured is not None:
+            vr = raw_values.element_vr(tag, captured[0])
+            if vr == "UI":
+                text = raw_values.uid_text(captured[1])
+                if text is not None:
+                    return text
+        elif self.captured:
+            return ""  # not in the data set
+        return _text(self.dataset, tag)
+
+    def integer(self, tag: int) -> int | None:
+        """`_int(self.dataset, tag)`, without pydicom for one plain IS integer."""
+        captured = self.values.get(tag)
+        if captured is not None and raw_values.element_vr(tag, captured[0]) == "IS":
+            number = raw_values.plain_integer(captured[1])
+            if number is not None:
+                return number if -(2**31) <= number < 2**31 else None
+        elif captured is None and self.captured:
+            return None  # not in the data set
+        return _int(self.dataset, tag)
+
+    def json(self, tags: Iterable[int]) -> dict:
+        """`_json(self.dataset, tags)`: each element's DICOM JSON from its encoded value
+        (`raw_values.element_json`) where that module reproduces pydicom's, else pydicom's."""
+        if not self.captured:
+            return _json(self.dataset, tags)
+        result: dict = {}
+        little = self.layout.is_little_endian
+        for tag in tags:
+            captured = self.values.get(tag)
+            if captured is None:
+                continue
+            vr = raw_values.element_vr(tag, captured[0])
+            converted = (
+                raw_values.element_json(vr, captured[1], little, self.ascii_text) if vr is not None else None
+            )
+            if converted is None:
+                converted = _json(self.dataset, (tag,)).get(f"{tag:08X}")
+                if converted is None:
+                    continue  # pydicom cannot convert it either: left out
+            result[f"{tag:08X}"] = converted
+        return result
 
 
 def read_header(path: Path) -> _Header:
@@ -318,20 +403,20 @@ def read_header(path: Path) -> _Header:
             OUT_OF_RESOURCES, "out of resources: cannot read the received data", detail=str(exc)
         ) from exc
     if layout.captured is not None:
-        dataset = _dataset_of(layout)
+        header = _Header(layout)
     else:
         try:
-            dataset = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            header = _Header(layout, dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS))
         except Exception as exc:  # pydicom raises many types for unreadable data
             raise StoreRejected(CANNOT_UNDERSTAND, f"unreadable data set: {exc}") from None
-    uids = {}
+    uids = []
     for tag, name in (
         (0x00080016, "SOP Class UID"),
         (0x00080018, "SOP Instance UID"),
         (0x0020000D, "Study Instance UID"),
         (0x0020000E, "Series Instance UID"),
     ):
-        value = _text(dataset, tag)
+        value = header.text(tag)
         if not value:
             raise StoreRejected(CANNOT_UNDERSTAND_MISSING_UID, f"missing {name} {tag_str(tag)}", tag=tag)
         if len(value) > 64 or not _UID_RE.match(value):
@@ -341,15 +426,11 @@ def read_header(path: Path) -> _Header:
                 detail=f"invalid {name} {tag_str(tag)}: {value[:80]!r} (at most 64 characters, no spaces)",
                 tag=tag,
             )
-        uids[tag] = value
-    return _Header(
-        layout=layout,
-        dataset=dataset,
-        sop_class_uid=uids[0x00080016],
-        sop_instance_uid=uids[0x00080018],
-        study_instance_uid=uids[0x0020000D],
-        series_instance_uid=uids[0x0020000E],
+        uids.append(value)
+    header.sop_class_uid, header.sop_instance_uid, header.study_instance_uid, header.series_instance_uid = (
+        uids
     )
+    return header
 
 
 def _dataset_of(layout: FileLayout) -> Dataset:
@@ -410,8 +491,8 @@ def _store_file(
             return StoreResult("duplicate", existing)
 
     try:
-        # The file goes into place now and its fsync runs in the background; `_index` waits
-        # for it before writing anything.
+        # The file goes into place now; `_index` makes it durable (fsync) before the index
+        # names it.
         pending = storage.begin_put(source, uid) if movable else _put_copy(storage, source, uid)
     except (StorageError, OSError) as exc:
         logger.error("C-STORE %s from %s: storage failed: %s", uid, calling_ae or "-", exc)
@@ -432,6 +513,7 @@ def _store_file(
                     outcome,
                     look_for_existing=policy == "replace" or attempt == 2,
                     wait_durable=pending.wait,
+                    start_durable=pending.start,
                 )
                 break
             except IntegrityError:
@@ -467,9 +549,8 @@ def _store_file(
 
 
 def _discard(pending: PendingPut, storage) -> None:
-    """Remove a placed file that will not be indexed (after its fsync has finished with it)."""
-    with contextlib.suppress(Exception):
-        pending.wait()
+    """Remove a placed file that will not be indexed (after a running fsync has finished with it)."""
+    pending.settle()
     storage.delete(pending.key)
 
 
@@ -525,6 +606,7 @@ def _index(
     *,
     look_for_existing: bool,
     wait_durable: Callable[[], object],
+    start_durable: Callable[[], object] = lambda: None,
 ) -> None:
     """Index the instance (and its patient, study, series), count it, and tell study-complete
     detection, durably, after its file is durable. Sets `outcome.result`; `outcome.committed`
@@ -537,18 +619,19 @@ def _index(
     of a series goes through the ORM in one durable transaction that waits for the fsync before
     it commits. A copy of the same SOP Instance UID indexed in the meantime is found (keep: a
     duplicate) or, in the ORM path, makes the INSERT fail and the caller retries with
-    `look_for_existing`. `wait_durable` raises StorageError when the fsync failed (then nothing
-    is indexed)."""
-    ds = header.dataset
+    `look_for_existing`. `wait_durable` makes the file durable (in this thread on the fast path:
+    there is nothing to overlap it with, and a thread handoff costs more) and raises StorageError
+    when the fsync failed (then nothing is indexed); `start_durable` starts that in the
+    background, for the ORM path to overlap it with its statements."""
     fields = {
         "sop_class_uid": header.sop_class_uid,
-        "instance_number": _int(ds, 0x00200013),
+        "instance_number": header.integer(0x00200013),
         "transfer_syntax_uid": header.layout.transfer_syntax_uid,
         "storage_key": key,
         "file_size": header.layout.file_size,
         "received_at": timezone.now(),
         "calling_ae": calling_ae[:16],
-        "tags": _json(ds, INSTANCE_TAGS),
+        "tags": header.json(INSTANCE_TAGS),
     }
     connection_ = transaction.get_connection()
     try_fast = not look_for_existing and connection_.vendor == "postgresql"
@@ -561,6 +644,8 @@ def _index(
             _record_fast_insert(fast, header, outcome)
             return
         try_fast = False  # a new series: the ORM path
+    # The transaction's statements overlap the fsync (run in the background meanwhile).
+    start_durable()
     with transaction.atomic(durable=True):
         transaction.on_commit(outcome.mark_committed)  # first hook: runs before any other
         fast = _insert_into_known_series(header, fields) if try_fast else None
@@ -588,19 +673,48 @@ def _index(
                 " (new study)" if new_study else "",
                 " (new series)" if new_series else "",
             )
-        # The file is durable before the index says it is there: its fsync (started when it was
-        # placed) runs while the index is written, and the commit waits for it.
+        # The file is durable before the index says it is there: its fsync (started above)
+        # runs while the index is written, and the commit waits for it.
         wait_durable()
 
 
 @dataclass(frozen=True)
 class _FastInsert:
-    """What `_insert_into_known_series` wrote: the instance (series and study attached), the
+    """What `_insert_into_known_series` wrote: the keys and UIDs of the instance, its series and
+    study (`instance()` builds the Instance with series and study attached from them), the
     study's completion count, and whether its update started a completion cycle."""
 
-    instance: Instance
+    header: _Header
+    fields: dict
+    instance_id: int
+    series_id: int
+    study_id: int
+    study_instance_uid: str
+    patient_id: int
     completion_count: int
     started_cycle: bool
+
+    def instance(self) -> Instance:
+        """The Instance row written, with its series and study attached (loaded with their keys
+        and UIDs, the rest deferred)."""
+        header, fields = self.header, self.fields
+        study = Study.from_db(
+            "default",
+            ["id", "study_instance_uid", "patient_id"],
+            [self.study_id, self.study_instance_uid, self.patient_id],
+        )
+        series = Series.from_db(
+            "default",
+            ["id", "series_instance_uid", "study_id"],
+            [self.series_id, header.series_instance_uid, self.study_id],
+        )
+        series.study = study
+        names = ["id", "sop_instance_uid", "series_id", *fields]
+        instance = Instance.from_db(
+            "default", names, [self.instance_id, header.sop_instance_uid, self.series_id, *fields.values()]
+        )
+        instance.series = series
+        return instance
 
 
 def _record_fast_insert(fast: _FastInsert | str, header: _Header, outcome: _IndexOutcome) -> None:
@@ -610,31 +724,23 @@ def _record_fast_insert(fast: _FastInsert | str, header: _Header, outcome: _Inde
         existing = _first(Instance.objects.filter(sop_instance_uid=header.sop_instance_uid))
         outcome.result = StoreResult("duplicate", existing)
         return
-    instance = fast.instance
-    outcome.result = StoreResult("stored", instance)
-    study_complete.instance_touched(
-        instance.series.study.study_instance_uid, fast.completion_count, fast.started_cycle
-    )
+    outcome.result = StoreResult("stored", load=fast.instance)
+    study_complete.instance_touched(fast.study_instance_uid, fast.completion_count, fast.started_cycle)
     logger.debug(
         "C-STORE %s from %s: stored as %s",
         header.sop_instance_uid,
-        instance.calling_ae or "-",
-        instance.storage_key,
+        fast.fields["calling_ae"] or "-",
+        fast.fields["storage_key"],
     )
 
 
-def _insert_into_known_series(header: _Header, fields: dict) -> _FastInsert | str | None:
-    """PostgreSQL, one statement: insert the instance into its series (if that is indexed), count
-    it in the series and the study, and do study-complete detection's per-instance Study update
-    (`study_complete.touch_study_set_sql`). Returns what it wrote (`_FastInsert`: the Instance
-    with its series and study attached, loaded with their keys and UIDs, the rest deferred);
-    "duplicate" when the SOP Instance UID is indexed already (nothing is changed then); None when
-    the series is not indexed yet. The caller tells study-complete detection
-    (`_record_fast_insert`)."""
+@functools.cache
+def _known_series_sql() -> str:
+    """The statement of `_insert_into_known_series` (PostgreSQL; built once per process)."""
     instance_table = connection.ops.quote_name(Instance._meta.db_table)
     series_table = connection.ops.quote_name(Series._meta.db_table)
     study_table = connection.ops.quote_name(Study._meta.db_table)
-    sql = f"""
+    return f"""
         WITH s AS (
             SELECT se.id AS series_id, se.study_id, st.study_instance_uid, st.patient_id,
                 st.completion_count, {study_complete.cycle_starts_sql("st")} AS starts
@@ -661,6 +767,15 @@ def _insert_into_known_series(header: _Header, fields: dict) -> _FastInsert | st
             s.completion_count, s.starts
         FROM s
     """
+
+
+def _insert_into_known_series(header: _Header, fields: dict) -> _FastInsert | str | None:
+    """PostgreSQL, one statement: insert the instance into its series (if that is indexed), count
+    it in the series and the study, and do study-complete detection's per-instance Study update
+    (`study_complete.touch_study_set_sql`). Returns what it wrote (`_FastInsert`);
+    "duplicate" when the SOP Instance UID is indexed already (nothing is changed then); None when
+    the series is not indexed yet. The caller tells study-complete detection
+    (`_record_fast_insert`)."""
     params = {
         **study_complete.touch_params(fields["calling_ae"]),
         "series_uid": header.series_instance_uid,
@@ -670,7 +785,7 @@ def _insert_into_known_series(header: _Header, fields: dict) -> _FastInsert | st
     }
     with connection.cursor() as cursor:
         # Prepared: planning this statement cost about as much as running it.
-        prepared.execute_named(cursor, sql, params)
+        prepared.execute_named(cursor, _known_series_sql(), params)
         row = cursor.fetchone()
     if row is None:
         return None
@@ -679,21 +794,17 @@ def _insert_into_known_series(header: _Header, fields: dict) -> _FastInsert | st
         return "duplicate"
     if study_uid != header.study_instance_uid:
         _warn_series_in_other_study(header, study_uid)
-    study = Study.from_db(
-        "default", ["id", "study_instance_uid", "patient_id"], [study_id, study_uid, patient_id]
+    return _FastInsert(
+        header,
+        fields,
+        instance_id,
+        series_id,
+        study_id,
+        study_uid,
+        patient_id,
+        completion_count,
+        started_cycle,
     )
-    series = Series.from_db(
-        "default",
-        ["id", "series_instance_uid", "study_id"],
-        [series_id, header.series_instance_uid, study_id],
-    )
-    series.study = study
-    names = ["id", "sop_instance_uid", "series_id", *fields]
-    instance = Instance.from_db(
-        "default", names, [instance_id, header.sop_instance_uid, series_id, *fields.values()]
-    )
-    instance.series = series
-    return _FastInsert(instance, completion_count, started_cycle)
 
 
 def _index_with_orm(

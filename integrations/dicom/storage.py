@@ -16,8 +16,9 @@ system so that storing is a rename:
 - `put_file(temp_path, name)` moves the file into place without overwriting anything (a hard
   link, then unlinking the temporary name; a copy across file systems), makes it durable (fsync
   of the file and of its folder, and of folders it created) and returns its key;
-  `begin_put(temp_path, name)` does the same but returns at once, the fsync running in a thread
-  pool, so the caller can do other work (the ingest path writes the index meanwhile) and `wait()`;
+  `begin_put(temp_path, name)` does the same but returns before the fsync: the caller `wait()`s
+  for it (which runs it in the caller's thread), or `start()`s it in a thread pool first to do
+  other work meanwhile (the ingest path's ORM transaction);
 - a key that is taken already (the same SOP Instance UID stored before, or a file a crash left
   unindexed) gets a unique suffix instead, so a stored file is never overwritten while the index
   still points at it.
@@ -27,12 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -63,8 +65,9 @@ class InstanceStorage(Protocol):
         """
 
     def begin_put(self, temp_path: Path, name: str) -> PendingPut:
-        """Like `put_file`, but returns at once with the key; the file is durable when the
-        result's `wait()` returns (it raises StorageError like `put_file`)."""
+        """Like `put_file`, but returns once the file is in place, with its key; the file is
+        durable when the result's `wait()` returns (it raises StorageError like `put_file`);
+        `start()` on the result lets that happen in the background meanwhile."""
 
     def open(self, key: str) -> BinaryIO:
         """The stored file, opened for binary reading. Raises FileNotFoundError."""
@@ -116,17 +119,52 @@ def _sync_pool() -> ThreadPoolExecutor:
 
 
 class PendingPut:
-    """A file moved into the storage under `key` whose fsync may still be running."""
+    """A file moved into the storage under `key` whose fsync (of the file and its folders) may
+    not have happened yet.
 
-    def __init__(self, key: str, future: Future | None = None) -> None:
+    `wait()` returns once the file is durable: it runs the fsync in the calling thread unless
+    `start()` already handed it to a thread pool (to overlap it with other work), in which case
+    it waits for that. A thread pool costs two thread handoffs per file; where the caller has
+    nothing to overlap (the ingest path's usual case waits right away) it fsyncs itself."""
+
+    def __init__(self, key: str, durable: Callable[[], None] | None = None) -> None:
         self.key = key
-        self._future = future
+        self._durable = durable  # the fsync still to run (None: nothing, or done/started)
+        self._future: Future | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the fsync in the background now (idempotent)."""
+        with self._lock:
+            if self._durable is not None:
+                self._future = _sync_pool().submit(self._durable)
+                self._durable = None
 
     def wait(self) -> str:
-        """Block until the file is durable; return its key. Raises StorageError."""
+        """Block until the file is durable; return its key. Raises StorageError (every time,
+        once its fsync failed)."""
+        with self._lock:
+            durable, self._durable = self._durable, None
+            if durable is not None:
+                try:
+                    durable()
+                except BaseException as exc:
+                    self._error = exc
         if self._future is not None:
             self._future.result()
+        if self._error is not None:
+            raise self._error
         return self.key
+
+    def settle(self) -> None:
+        """Wait for an fsync started in the background, without starting one: for a file to be
+        deleted instead of indexed (nothing may rely on its durability afterwards)."""
+        with self._lock:
+            self._durable = None
+        if self._future is not None:
+            with contextlib.suppress(Exception):
+                self._future.result()
 
 
 # In the storage folder once all folders of the layout are made.
@@ -193,8 +231,8 @@ class FileSystemStorage:
         return self.begin_put(temp_path, name).wait()
 
     def begin_put(self, temp_path: Path, name: str) -> PendingPut:
-        """Move the file into place now and make it durable in the background; `wait()` on the
-        result before relying on it (the ingest path overlaps this with its database work)."""
+        """Move the file into place now; it is durable once the result's `wait()` returns (its
+        `start()` makes it durable in the background meanwhile)."""
         temp_path = Path(temp_path)
         key = self.key_for(name)
         try:
@@ -213,7 +251,7 @@ class FileSystemStorage:
             raise
         except OSError as exc:
             raise StorageError(f"storing {name} failed: {exc.strerror or exc}") from exc
-        return PendingPut(key, _sync_pool().submit(_make_durable, target, [target.parent, *changed], name))
+        return PendingPut(key, functools.partial(_make_durable, target, [target.parent, *changed], name))
 
     def _place(self, source: Path, target: Path) -> bool:
         """Move `source` to `target` unless `target` exists (False then). Atomic on one file system."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,56 @@ def test_begin_put_returns_the_key_at_once_and_waits_on_demand(store: FileSystem
     pending = store.begin_put(_staged(store, b"data"), "1.2.3.5")
     assert store.exists(pending.key)
     assert pending.wait() == pending.key
+
+
+def _recording_fsync(calls: list[str], fail: bool = False):
+    def durable() -> None:
+        calls.append(threading.current_thread().name)
+        if fail:
+            raise StorageError("storing 1.2.3 failed: I/O error")
+
+    return durable
+
+
+def test_wait_runs_the_fsync_in_the_caller_once() -> None:
+    calls: list[str] = []
+    pending = storage_module.PendingPut("ab/key.dcm", _recording_fsync(calls))
+    assert pending.wait() == "ab/key.dcm"
+    assert pending.wait() == "ab/key.dcm"
+    assert calls == [threading.current_thread().name]
+
+
+def test_start_runs_the_fsync_in_the_background_and_wait_waits_for_it() -> None:
+    calls: list[str] = []
+    pending = storage_module.PendingPut("ab/key.dcm", _recording_fsync(calls))
+    pending.start()
+    pending.start()  # idempotent
+    assert pending.wait() == "ab/key.dcm"
+    assert len(calls) == 1
+    assert calls[0].startswith("dicom-fsync")
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_failed_fsync_fails_every_wait(background: bool) -> None:
+    calls: list[str] = []
+    pending = storage_module.PendingPut("ab/key.dcm", _recording_fsync(calls, fail=True))
+    if background:
+        pending.start()
+    for _ in range(2):
+        with pytest.raises(StorageError, match="I/O error"):
+            pending.wait()
+    assert len(calls) == 1
+
+
+def test_settle_never_fsyncs_a_file_about_to_be_deleted() -> None:
+    calls: list[str] = []
+    pending = storage_module.PendingPut("ab/key.dcm", _recording_fsync(calls))
+    pending.settle()
+    assert calls == []
+    started = storage_module.PendingPut("ab/key.dcm", _recording_fsync(calls, fail=True))
+    started.start()
+    started.settle()  # waits for the running fsync, its failure left to the caller's cleanup
+    assert len(calls) == 1
 
 
 def test_across_file_systems_it_copies(store: FileSystemStorage, monkeypatch: pytest.MonkeyPatch) -> None:
