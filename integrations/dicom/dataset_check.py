@@ -212,7 +212,6 @@ class _Walker:
         self.prefix = "<" if little else ">"
         self.tag_format = struct.Struct(self.prefix + "HH")
         self.u32 = struct.Struct(self.prefix + "L")
-        self.u16 = struct.Struct(self.prefix + "H")
         # An element header: group, element, then the 32-bit length (implicit VR; `vr` unpacks
         # as an empty byte string) or the VR and the 16-bit length (explicit VR).
         self.implicit_header = struct.Struct(self.prefix + "HH0sL")

@@ -91,7 +91,7 @@ def element_json(vr: str, value: bytes, little_endian: bool, ascii_text: bool) -
         items = value.decode("latin-1").rstrip(" \x00").split("\\")
         return _strings(vr, items)
     if vr == "UI":
-        items = value.decode("latin-1").rstrip("\x00 ").rstrip(" \x00").split("\\")
+        items = value.decode("latin-1").rstrip(" \x00").split("\\")
         return _strings(vr, [item.strip() for item in items])
     if vr == "DS":
         items = value.decode("latin-1").strip().rstrip(" \x00").split("\\")
