@@ -549,28 +549,27 @@ class _Finish:
         self.ack = ack
         self.apply = apply
         self.sent = False
-        self._suffix = ""
 
     def then(self, resource_type: str) -> store.Then:
         """The `then` of the write of the message's one resource, of `resource_type`."""
 
         def mark_and_commit(logical_id: str) -> tuple[str, list] | None:
-            self._suffix = self.apply.commit_suffix()
-            if not self._suffix:
+            suffix = self.apply.commit_suffix()
+            if not suffix:
                 return None
             with connection.cursor() as cursor:
                 sql, params = _mark_processed_statement(
                     cursor, self.pk, self.ack, [f"{resource_type}/{logical_id}"]
                 )
             self.sent = True
-            return sql + self._suffix, params
+            return sql + suffix, params
 
         return mark_and_commit
 
     def written(self) -> None:
         """The write that carried the statements returned: the transaction is committed."""
         if self.sent:
-            self.apply.ran_last_statement(self._suffix)
+            self.apply.ran_last_statement(self.apply.commit_suffix())
 
 
 def _processed_twin(row: InboundMessage) -> _Twin | None:
