@@ -144,10 +144,32 @@ UNION_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# Parameters whose values include every value of other parameters (`name` holds `family` and
+# `given`; `address` holds `address-city`, `-state`, `-postalcode` and `-country`): their index
+# rows keep only the values none of those subsets holds (a name's text, prefix and suffix, an
+# address's lines), and a search on them reads the subsets' rows too (`index_params`). A Patient
+# from an HL7 feed then writes 7 string rows fewer (18 instead of 25 in all). A test checks the
+# subsets against the definitions' expressions.
+_NAME_PARTS = {"name": ("family", "given")}
+_ADDRESS_PARTS = {"address": ("address-city", "address-state", "address-postalcode", "address-country")}
+SUBSET_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "Patient": {**_NAME_PARTS, **_ADDRESS_PARTS},
+    "Practitioner": {**_NAME_PARTS, **_ADDRESS_PARTS},
+    "Person": _ADDRESS_PARTS,
+    "RelatedPerson": _ADDRESS_PARTS,
+    "Organization": _ADDRESS_PARTS,
+    "Location": _ADDRESS_PARTS,
+    "InsurancePlan": _ADDRESS_PARTS,
+}
+
+
 def index_params(resource_type: str, code: str) -> tuple[str, ...]:
-    """The parameter codes whose index rows hold `code`'s values on `resource_type`: `(code,)`,
-    or the members of a union parameter (`UNION_PARAMS`)."""
-    return UNION_PARAMS.get(resource_type, {}).get(code, (code,))
+    """The parameter codes whose index rows hold `code`'s values on `resource_type`: `code` and
+    its subsets (`SUBSET_PARAMS`), or, for a union parameter (`UNION_PARAMS`), its members'."""
+    members = UNION_PARAMS.get(resource_type, {}).get(code)
+    if members is None:
+        return (code, *SUBSET_PARAMS.get(resource_type, {}).get(code, ()))
+    return tuple(dict.fromkeys(p for member in members for p in index_params(resource_type, member)))
 
 
 _ABSTRACT_BASES = frozenset({"Resource", "DomainResource"})
@@ -1520,9 +1542,10 @@ def extract_search_values(
 ) -> dict[str, list[SearchValue]]:
     """Search values of `resource` (parsed JSON: dicts, lists, str, numbers) by parameter code.
 
-    Every parameter of the resource's type that yields a value is present; with `indexed`, the
-    union parameters (`UNION_PARAMS`, whose values are their members') are left out: what the
-    index tables store.
+    Every parameter of the resource's type that yields a value is present; with `indexed`, what
+    the index tables store: the union parameters (`UNION_PARAMS`, whose values are their
+    members') are left out, and parameters with subsets (`SUBSET_PARAMS`) keep only the values
+    no subset holds.
 
     ``_id``/``_lastUpdated``, ``special`` parameters and parameters without an expression are
     skipped; values are de-duplicated per parameter, in document order. An unknown or missing
@@ -1538,6 +1561,15 @@ def extract_search_values(
         vals = ex(root, ctx)
         if vals:
             result[code] = list(dict.fromkeys(vals)) if len(vals) > 1 else list(vals)
+    if indexed:
+        for code, subsets in SUBSET_PARAMS.get(rtype, {}).items():
+            if code in result:
+                held = {value for subset in subsets for value in result.get(subset, ())}
+                rest = [value for value in result[code] if value not in held]
+                if rest:
+                    result[code] = rest
+                else:
+                    del result[code]
     return result
 
 
