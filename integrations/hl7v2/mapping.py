@@ -4,6 +4,13 @@ Pure functions: they read segments (`er7.Segment`) and return FHIR JSON fragment
 `Hl7Error` with the segment, field and component at fault when a value cannot be used. Nothing
 here reads or writes the database (`services.py` does).
 
+The Patients it builds are valid R4 by construction, which lets the store skip validating them
+again (`store.create_resource(checked=True)`): every value is a non-empty string from the message,
+a code from a table here or a code with its spaces normalised, a date or dateTime from
+`reference.parse_datetime`, or a boolean. tests/hl7v2/test_patient_mapping_valid.py holds the
+mapping to that over messages of every kind the tests have; a change here that adds an element
+must keep it so.
+
 Conventions, after the HL7 v2-to-FHIR mapping guide where it has one:
 
 - An empty field means "no information" (the stored value stays); `""` (two double quotes) means
@@ -200,7 +207,8 @@ def patient_identifiers(segment: Segment, number: int, version: str, *, required
             settings.BTT_HL7_PATIENT_ID_SYSTEM,
         )
         identifier: dict = {}
-        type_code = segment.value(number, 5, repetition=index)
+        # A FHIR code has no leading, trailing or repeated spaces; feeds pad fields.
+        type_code = " ".join(segment.value(number, 5, repetition=index).split())
         if type_code:
             identifier["type"] = {"coding": [{"system": V2_0203, "code": type_code}]}
         identifier["system"] = system

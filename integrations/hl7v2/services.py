@@ -680,7 +680,8 @@ def upsert_patient(data: mapping.PatientData, *, finish: _Finish | None = None) 
             data = mapping.PatientData([], data.elements, data.removed)
         found = survivor
     patient = mapping.merge_patient(existing, data)
-    return _write("Patient", found, existing, patient, finish=finish)
+    # Valid by construction (the mapping's docstring): the store does not validate it again.
+    return _write("Patient", found, existing, patient, finish=finish, checked=True)
 
 
 def merge_patients(message: er7.Message, version: str) -> list[str]:
@@ -849,19 +850,28 @@ def _write(
     resource: dict,
     *,
     finish: _Finish | None = None,
+    checked: bool = False,
 ) -> str:
     """Create or update through the FHIR store; nothing when the content is unchanged. `finish`:
-    the write may end the transaction (`_Finish`).
+    the write may end the transaction (`_Finish`). `checked`: built from checked values, not
+    validated again (`store.create_resource`).
 
     Without a savepoint: any error fails the whole message, whose transaction is rolled back."""
     then = finish.then(resource_type) if finish is not None else None
     if logical_id is None:
-        logical_id = store.create_resource(resource, savepoint=False, then=then).stored.logical_id
+        logical_id = store.create_resource(
+            resource, savepoint=False, then=then, checked=checked
+        ).stored.logical_id
     elif existing is not None and _content(existing) == _content(resource):
         return logical_id
     else:
         store.update_resource(
-            resource_type, logical_id, {**resource, "id": logical_id}, savepoint=False, then=then
+            resource_type,
+            logical_id,
+            {**resource, "id": logical_id},
+            savepoint=False,
+            then=then,
+            checked=checked,
         )
     if finish is not None:
         finish.written()
