@@ -141,10 +141,10 @@ def _array_literal(values: tuple) -> str:
     about a microsecond per item (a Patient's write had ~150 µs of parameter adaptation)."""
     kinds = {value.__class__ for value in values}
     if kinds == {str}:
-        text = '","'.join(values)
-        if "\\" in text or '"' in text:
-            text = '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
-        return f'{{"{text}"}}'
+        joined = "".join(values)  # probed without the separators, which hold quotes themselves
+        if "\\" in joined or '"' in joined:
+            values = tuple(v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+        return '{"' + '","'.join(values) + '"}'
     if kinds == {int}:
         return "{" + ",".join(map(str, values)) + "}"
     return "{" + ",".join(map(_array_element, values)) + "}"
