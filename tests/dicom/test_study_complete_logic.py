@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from btt_health import events
@@ -73,7 +73,8 @@ def test_one_cycle_and_one_check_per_study_however_many_instances(
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         store_instances(uid, [SeriesSpec(count=5)])
     assert len(callbacks) == 1
-    assert queued == [("check", uid, 0, 5.0), ("refresh", uid, 0, 2.0)]
+    # The quiet period, plus the step by which last_received_at may trail the latest instance.
+    assert queued == [("check", uid, 0, 5.5), ("refresh", uid, 0, 2.0)]
     study = _study(uid)
     assert study.awaiting_completion
     assert study.first_received_at is not None
@@ -88,6 +89,35 @@ def test_one_cycle_and_one_check_per_study_however_many_instances(
     assert study.calling_ae == "SECOND_AE"
 
 
+def test_the_per_instance_update_moves_last_received_at_only_by_a_step(settings) -> None:
+    """Within a tenth of the quiet period of the previous value, the study row is updated in place
+    (HOT: no new entries in its indexes); older, it moves to now."""
+    settings.BTT_DICOM_STUDY_QUIET_SECONDS = 5.0
+    assert study_complete.received_step() == dt.timedelta(seconds=0.5)
+    settings.BTT_DICOM_STUDY_QUIET_SECONDS = 30.0
+    assert study_complete.received_step() == dt.timedelta(seconds=1)
+    uid = new_uid()
+    store_instances(uid, [SeriesSpec(count=1)])
+    first = _study(uid).last_received_at
+    hot_before = _hot_updates_of_studies()
+    store_instances(uid, [SeriesSpec(count=4)])
+    assert _study(uid).last_received_at == first
+    assert _study(uid).number_of_instances == 5
+    assert _hot_updates_of_studies() - hot_before >= 4
+
+    _age(uid, 20)
+    aged = _study(uid).last_received_at
+    store_instances(uid, [SeriesSpec(count=1)])
+    assert _study(uid).last_received_at > aged  # now(): this transaction's start
+
+
+def _hot_updates_of_studies() -> int:
+    """HOT updates of the study table in this transaction (the test's)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_get_xact_tuples_hot_updated(%s::regclass)", [Study._meta.db_table])
+        return cursor.fetchone()[0]
+
+
 def test_no_refresh_is_queued_when_the_quiet_period_is_shorter(
     django_capture_on_commit_callbacks, queued: list[tuple], settings
 ) -> None:
@@ -96,7 +126,7 @@ def test_no_refresh_is_queued_when_the_quiet_period_is_shorter(
     uid = new_uid()
     with django_capture_on_commit_callbacks(execute=True):
         store_instances(uid, [SeriesSpec(count=1)])
-    assert queued == [("check", uid, 0, 1.0)]
+    assert queued == [("check", uid, 0, 1.1)]
 
 
 def test_nothing_is_queued_when_the_store_transaction_rolls_back(django_capture_on_commit_callbacks) -> None:
@@ -120,13 +150,16 @@ def test_the_check_waits_for_the_quiet_period_then_completes_once(received: list
 
     waiting = check_completion(uid, 0)
     assert waiting.outcome == "waiting"
-    assert 4.0 < waiting.wait_seconds <= 5.1
+    assert 4.5 < waiting.wait_seconds <= 5.6  # quiet period + step (0.5 s) + margin
     assert received == []
 
     _age(uid, 3)
-    assert 1.5 < check_completion(uid, 0).wait_seconds <= 2.1
+    assert 2.0 < check_completion(uid, 0).wait_seconds <= 2.6
 
-    _age(uid, 5.01)
+    _age(uid, 5.2)  # quiet, but within the step: the latest instance may be up to 0.5 s later
+    assert check_completion(uid, 0).outcome == "waiting"
+
+    _age(uid, 5.51)
     done = check_completion(uid, 0)
     assert (done.outcome, done.emitted) == ("completed", True)
     assert [p["completion_count"] for p in received] == [1]
