@@ -24,11 +24,12 @@ def _statements() -> list[str]:
     for resource_type, subsets in _SUBSETS.items():
         for code, members in subsets:
             listed = ", ".join(f"'{member}'" for member in members)
+            # Plain SQL that PostgreSQL and SQLite (the embedded default) both run.
             statements.append(
-                "DELETE FROM fhir_idx_string r USING fhir_idx_string s "
-                f"WHERE r.resource_type = '{resource_type}' AND r.param = '{code}' "
-                f"AND s.record_id = r.record_id AND s.resource_type = r.resource_type "
-                f"AND s.param IN ({listed}) AND s.value = r.value AND s.exact = r.exact"
+                "DELETE FROM fhir_idx_string WHERE id IN (SELECT r.id FROM fhir_idx_string r "
+                "JOIN fhir_idx_string s ON s.record_id = r.record_id AND s.resource_type = r.resource_type "
+                f"AND s.param IN ({listed}) AND s.value = r.value AND s.exact = r.exact "
+                f"WHERE r.resource_type = '{resource_type}' AND r.param = '{code}')"
             )
     return statements
 
