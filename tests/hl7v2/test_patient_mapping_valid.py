@@ -17,7 +17,7 @@ from integrations.fhir.validation import validate_resource
 from integrations.hl7v2 import er7, mapping
 from tests.hl7v2.conftest import FIXTURES
 
-HEADER = "MSH|^~\\&|EHR|HOSP|BTT|RAD|20240301||ADT^A08|MAP-{n}|P|{version}"
+HEADER = "MSH|^~\\&|EHR|HOSP|BTT|RAD|20240301||ADT^A08|MAP-1|P|{version}"
 
 PIDS = [
     # Padded and spaced identifier type codes; repeated identifiers; no authority at all.
@@ -70,7 +70,7 @@ def _pids_of_files() -> list[tuple[str, str, str]]:
 
 
 def _pid(segment: str, version: str) -> er7.Segment:
-    raw = ("\r".join([HEADER.format(n=1, version=version), segment]) + "\r").encode()
+    raw = ("\r".join([HEADER.format(version=version), segment]) + "\r").encode()
     return er7.parse(raw, er7.read_header(raw, "utf-8")).first("PID")
 
 
