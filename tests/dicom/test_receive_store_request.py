@@ -280,7 +280,7 @@ def test_a_staged_file_is_a_new_private_file_written_as_given(staging: Path) -> 
     assert Path(first.name).stat().st_mode & 0o777 == 0o600
     assert first.write(b"\x00" * 128 + b"DICM") == 132
     assert first.write(memoryview(bytearray(b"abcdef"))[2:5]) == 3
-    first.file.flush()  # starts the kernel's writeback; nothing is buffered
+    first.file.flush()  # what pynetdicom calls after each fragment; nothing is buffered
     assert Path(first.name).read_bytes() == b"\x00" * 128 + b"DICMcde"
     first.close()
     first.close()  # as pynetdicom may close it after the handler did
