@@ -105,8 +105,12 @@ class Series(models.Model):
 
 
 class Instance(models.Model):
-    sop_instance_uid = models.CharField(max_length=64, unique=True)
-    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    # Unique through `Meta.constraints`: `unique=True` would add a second index on PostgreSQL
+    # for LIKE patterns, which UIDs never take (they match whole or from a list), and every
+    # stored instance would write an entry into it.
+    sop_instance_uid = models.CharField(max_length=64)
+    # No index of its own: `dicom_instance_order` starts with it.
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances", db_index=False)
     sop_class_uid = models.CharField(max_length=64)
     instance_number = models.IntegerField(null=True, blank=True)
     transfer_syntax_uid = models.CharField(max_length=64)
@@ -122,6 +126,9 @@ class Instance(models.Model):
             models.Index(fields=["series", "instance_number"], name="dicom_instance_order"),
             # The storage check (`services.check_storage`) asks which stored files are indexed.
             models.Index(fields=["storage_key"], name="dicom_instance_storage_key"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["sop_instance_uid"], name="dicom_instance_sop_uid_unique")
         ]
 
     def __str__(self) -> str:
