@@ -135,7 +135,7 @@ BTT_MLLP_TIMEOUT = env_float("BTT_MLLP_TIMEOUT", 30.0, minimum=0.1)
 # Seconds an open connection may stay silent between messages (EHRs keep connections open).
 BTT_MLLP_IDLE_TIMEOUT = env_float("BTT_MLLP_IDLE_TIMEOUT", 3600.0, minimum=1.0)
 BTT_MLLP_MAX_CONNECTIONS = env_int("BTT_MLLP_MAX_CONNECTIONS", 64, minimum=1, maximum=10000)
-# Threads doing the database work of received messages (the network I/O never waits on them).
+# Database sessions of the listener: at most this many messages are applied at once.
 BTT_MLLP_WORKERS = env_int("BTT_MLLP_WORKERS", 8, minimum=1, maximum=256)
 # MLLP over TLS: a second listener on BTT_MLLP_TLS_PORT when certificate and key are both set;
 # with a CA, clients must present a certificate it signed (and the sender verifies peers with it).

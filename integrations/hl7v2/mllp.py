@@ -1,6 +1,7 @@
 """MLLP (HL7 v2 Minimal Lower Layer Protocol, release 2) framing: `<VT> message <FS><CR>`.
 
-- `FrameReader`: the listener's side, over an asyncio stream: yields each message's bytes,
+- `FrameReader`: the listener's side, over a connected socket (blocking, with timeouts; plain
+  or TLS): yields each message's bytes,
   skipping CR/LF/blanks between frames; enforces the size limit (an oversized message is read
   to its end block and discarded, so the connection can go on after an AR), the stall timeout
   inside a message and the idle timeout between messages. Anything else before a start block,
@@ -12,10 +13,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import socket
 import ssl
+import struct
 
 START = 0x0B
 END = 0x1C
@@ -48,28 +48,36 @@ class TooLargeError(MllpError):
 
 
 class FrameReader:
-    """Reads MLLP frames from an asyncio StreamReader (see the module docstring)."""
+    """Reads MLLP frames from a connected socket (see the module docstring).
 
-    def __init__(
-        self, reader: asyncio.StreamReader, *, max_bytes: int, timeout: float, idle_timeout: float
-    ) -> None:
-        self.reader = reader
+    The socket is put in blocking mode with the kernel's receive timeout (`SO_RCVTIMEO`) instead
+    of Python's socket timeout, which polls before every read: one system call per read instead
+    of two."""
+
+    def __init__(self, sock: socket.socket, *, max_bytes: int, timeout: float, idle_timeout: float) -> None:
+        self.sock = sock
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.idle_timeout = idle_timeout
         self.buffer = bytearray()
+        self._receive_timeout: float | None = None
+        sock.settimeout(None)
 
-    async def _fill(self, timeout: float) -> bool:
+    def _fill(self, timeout: float) -> bool:
         """Read more into the buffer; False at end of stream. TimeoutError when nothing came."""
-        # asyncio.timeout rather than wait_for: no task made per read (a read per message).
-        async with asyncio.timeout(timeout):
-            chunk = await self.reader.read(_READ_SIZE)
+        if timeout != self._receive_timeout:
+            set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, timeout)
+            self._receive_timeout = timeout
+        try:
+            chunk = self.sock.recv(_READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError):  # what a receive timeout gives
+            raise TimeoutError(f"nothing received for {timeout:g} s") from None
         if not chunk:
             return False
         self.buffer += chunk
         return True
 
-    async def next_frame(self) -> bytes | None:
+    def next_frame(self) -> bytes | None:
         """The next message (without framing); None when the peer closed or stayed idle between
         messages. Raises FramingError, StalledError or TooLargeError."""
         buf = self.buffer
@@ -81,7 +89,7 @@ class FrameReader:
             if buf:
                 break
             try:
-                if not await self._fill(self.idle_timeout):
+                if not self._fill(self.idle_timeout):
                     return None
             except TimeoutError:
                 return None
@@ -96,12 +104,12 @@ class FrameReader:
             if end >= 0:
                 break
             if len(buf) - 1 > self.max_bytes:
-                await self._discard_oversized()
+                self._discard_oversized()
             searched = len(buf)
-            await self._more("inside a message")
+            self._more("inside a message")
         while len(buf) <= end + 1:
             try:
-                if not await self._fill(self.timeout):
+                if not self._fill(self.timeout):
                     break  # the peer closed right after FS: take the message
             except TimeoutError:
                 raise StalledError("no CR after the end block 0x1C") from None
@@ -115,21 +123,21 @@ class FrameReader:
             raise TooLargeError(message[:_KEEP_PREFIX], len(message))
         return message
 
-    async def _more(self, where: str) -> None:
+    def _more(self, where: str) -> None:
         try:
-            if not await self._fill(self.timeout):
+            if not self._fill(self.timeout):
                 raise FramingError(f"the connection closed {where}")
         except TimeoutError:
             raise StalledError(f"nothing received for {self.timeout:g} s {where}") from None
 
-    async def _discard_oversized(self) -> None:
+    def _discard_oversized(self) -> None:
         """Read the rest of an oversized message to its end block, keeping only its beginning."""
         buf = self.buffer
         prefix = bytes(buf[1 : 1 + _KEEP_PREFIX])
         size = len(buf) - 1
         buf.clear()
         while True:
-            await self._more("inside an oversized message")
+            self._more("inside an oversized message")
             end = buf.find(END)
             if end >= 0:
                 size += end
@@ -139,18 +147,15 @@ class FrameReader:
             buf.clear()
 
 
+def set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """`SO_RCVTIMEO` or `SO_SNDTIMEO` of a blocking socket: a read or write that waits longer
+    fails with EAGAIN (BlockingIOError; over TLS, SSLWantReadError or SSLWantWriteError)."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
 def frame(payload: bytes) -> bytes:
     return b"\x0b" + payload + b"\x1c\r"
-
-
-def write_nowait(fd: int, data: bytes) -> int:
-    """Write what a non-blocking socket takes of `data` at once; the number of bytes written (0
-    when it takes nothing, or fails: the caller's transport then writes the rest and meets the
-    error itself)."""
-    try:
-        return os.write(fd, data)
-    except OSError:  # BlockingIOError, a reset or closed peer: left to the transport
-        return 0
 
 
 def send(
