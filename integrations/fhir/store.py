@@ -339,6 +339,25 @@ def create_resource(
 
 
 def _create(resource: dict, logical_id: str, *, then: Then | None = None) -> WriteResult:
+    return _write_prepared(prepare_create(resource, logical_id), then=then)
+
+
+@dataclass
+class PreparedCreate:
+    """A create whose work without the database is done (`prepare_create`): the record, its
+    first version as stored, and on PostgreSQL its index rows' clauses of the write statement."""
+
+    record: ResourceRecord
+    stamped: dict
+    index_write: tuple[list[str], list] | None
+
+
+def prepare_create(resource: dict, logical_id: str | None = None) -> PreparedCreate:
+    """What creating `resource` (under `logical_id`, default a new one) computes before it writes:
+    id and meta, the JSON text, the search index rows. Uses no database connection, so it can run
+    while a query of the caller's connection is in flight (`integrations/hl7v2/overlap.py`);
+    `create_prepared` writes it."""
+    logical_id = logical_id or new_logical_id()
     moment = _now()
     stamped = _stamp(resource, logical_id, 1, moment)
     record = ResourceRecord(
@@ -348,21 +367,49 @@ def _create(resource: dict, logical_id: str, *, then: Then | None = None) -> Wri
         last_updated=moment,
         text=_dumps(stamped),
     )
-    _save_version(record, Method.CREATE, stamped, created=True, then=then)
+    index_write = (
+        indexing.write_clauses(record, stamped, record_id_sql=_NEW_RECORD_ID)
+        if connection.vendor == "postgresql"
+        else None
+    )
+    return PreparedCreate(record, stamped, index_write)
+
+
+@_write_transaction
+def create_prepared(prepared_create: PreparedCreate, *, then: Then | None = None) -> WriteResult:
+    """Write what `prepare_create` prepared: `create_resource(resource, checked=True, then=then)`
+    for a resource the caller built from checked values."""
+    check_references([prepared_create.stamped])
+    return _write_prepared(prepared_create, then=then)
+
+
+def _write_prepared(prepared_create: PreparedCreate, *, then: Then | None) -> WriteResult:
+    record, stamped = prepared_create.record, prepared_create.stamped
+    _save_version(
+        record, Method.CREATE, stamped, created=True, then=then, index_write=prepared_create.index_write
+    )
     _announce(record, stamped, "")
     return WriteResult(StoredResource.of(record), created=True)
 
 
 _RECORD_TABLE = ResourceRecord._meta.db_table
+# The id of the record a write statement inserts (its `rec` clause), for its index rows.
+_NEW_RECORD_ID = "(SELECT id FROM rec)"
 _VERSION_TABLE = ResourceVersion._meta.db_table
 
 
 def _save_version(
-    record: ResourceRecord, method: str, stamped: dict | None, *, created: bool, then: Then | None = None
+    record: ResourceRecord,
+    method: str,
+    stamped: dict | None,
+    *,
+    created: bool,
+    then: Then | None = None,
+    index_write: tuple[list[str], list] | None = None,
 ) -> None:
     """Write `record` as it now is (inserted when `created`, which sets its pk; else updated), its
     version row and its search index rows (`stamped`: the version as stored; None for a deletion,
-    which clears them).
+    which clears them; `index_write`: their clauses computed already, `prepare_create`).
 
     PostgreSQL: one statement (data-modifying `WITH` clauses), so a write costs one round trip
     rather than one per table; the effect is the same rows as the ORM path of other databases.
@@ -408,8 +455,8 @@ def _save_version(
         "%s::text, text FROM rec)"
     )
     params.append(method)
-    index_clauses, index_params = indexing.write_clauses(
-        record, stamped, record_id_sql="(SELECT id FROM rec)" if created else None
+    index_clauses, index_params = index_write or indexing.write_clauses(
+        record, stamped, record_id_sql=_NEW_RECORD_ID if created else None
     )
     params += index_params
     with connection.cursor() as cursor:

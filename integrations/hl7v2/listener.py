@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
-from integrations.hl7v2 import mllp, services, tls
+from integrations.hl7v2 import mllp, overlap, services, tls
 from integrations.hl7v2.sessions import DatabaseSessions
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ class MllpListener:
             return len(self._connections)
 
     def run(self, stop: threading.Event, *, stop_timeout: float = 10.0) -> None:
-        """Serve until `stop` is set (blocking). OSError when a port cannot be bound."""
+        """Serve until `stop` is set (blocking). OSError when a port cannot be bound. Installs
+        `overlap` for the whole process (the listener runs in a process of its own)."""
+        overlap.install()
         listening = [(_listen(self.host, self.port), False)]
         try:
             self.say(f"listening: MLLP on {_bind(self.host, self.port)}")

@@ -55,7 +55,7 @@ from integrations.fhir import lookup, store
 from integrations.fhir.models.search_index import TOKEN_LEN, clip
 from integrations.fhir.outcomes import FhirError
 from integrations.fhir.search import find_matches
-from integrations.hl7v2 import er7, mapping, mllp, oru, reference, tls
+from integrations.hl7v2 import er7, mapping, mllp, oru, overlap, reference, tls
 from integrations.hl7v2.ack import Hl7Error, build_ack, new_control_id
 from integrations.hl7v2.models import Hl7Destination, InboundMessage, OutboundMessage
 
@@ -671,17 +671,19 @@ def upsert_patient(data: mapping.PatientData, *, finish: _Finish | None = None) 
     nothing when the Patient already says what the message says. `finish`: the write, if any, may
     end the transaction (`_Finish`); nothing may be sent after it then.
     """
-    found = _find_by_identifiers("Patient", data.identifiers, lock=True)
-    existing = None
-    if found is not None:
-        survivor, existing = _survivor(found)
-        if survivor != found:
-            # A merged-away Patient stands for its survivor; its identifiers stay where they are.
-            data = mapping.PatientData([], data.elements, data.removed)
-        found = survivor
+    # What a new patient's message writes is built while the look-up is in flight (overlap.py).
+    with overlap.meanwhile(lambda: store.prepare_create(mapping.merge_patient(None, data))) as new:
+        found = _find_by_identifiers("Patient", data.identifiers, lock=True)
+    if found is None:
+        # Valid by construction (the mapping's docstring): the store does not validate it again.
+        return _create_prepared("Patient", new.result(), finish=finish)
+    survivor, existing = _survivor(found)
+    if survivor != found:
+        # A merged-away Patient stands for its survivor; its identifiers stay where they are.
+        data = mapping.PatientData([], data.elements, data.removed)
     patient = mapping.merge_patient(existing, data)
     # Valid by construction (the mapping's docstring): the store does not validate it again.
-    return _write("Patient", found, existing, patient, finish=finish, checked=True)
+    return _write("Patient", survivor, existing, patient, finish=finish, checked=True)
 
 
 def merge_patients(message: er7.Message, version: str) -> list[str]:
@@ -873,6 +875,15 @@ def _write(
             then=then,
             checked=checked,
         )
+    if finish is not None:
+        finish.written()
+    return logical_id
+
+
+def _create_prepared(resource_type: str, prepared: store.PreparedCreate, *, finish: _Finish | None) -> str:
+    """`_write` of a new resource, from its prepared create (`store.prepare_create`)."""
+    then = finish.then(resource_type) if finish is not None else None
+    logical_id = store.create_prepared(prepared, savepoint=False, then=then).stored.logical_id
     if finish is not None:
         finish.written()
     return logical_id
