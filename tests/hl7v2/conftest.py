@@ -13,10 +13,14 @@ that talk to it use `@pytest.mark.django_db(transaction=True)` (tables flushed a
 - `send_message(port, data)`: one message (str or bytes, sent exactly as given) framed and sent with
   python-hl7's `MLLPClient`; the ACK without its framing.
 - `read_fixture(name)`: bytes of a sample message under tests/hl7v2/fixtures/.
+- `read_frame(sock)`, `closed_by_peer(sock, timeout)`: for tests that talk MLLP on a raw socket.
+- `create_trigger_at_commit(name, when_processed)` / `drop_trigger_at_commit(name)`: a real
+  failure or delay at COMMIT of the transaction that marks a message processed.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from hl7.client import MLLPClient
 
 from tests.processes import MANAGE_PY, ManagedProcess, ProcessLauncher, child_env, free_port
@@ -99,6 +104,58 @@ def start_listener(
 
 def read_fixture(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    """One MLLP frame read from `sock` (up to its end block), without its framing."""
+    sock.settimeout(30)
+    data = b""
+    while b"\x1c" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return unframe(data)
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Whether the listener closed the connection within `timeout` (reads what comes until then)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def create_trigger_at_commit(name: str, when_processed: str) -> None:
+    """A PostgreSQL constraint trigger, deferred to COMMIT, running the PL/pgSQL `when_processed`
+    when a message row is marked processed (`NEW` is the row): a real failure or delay at
+    commit. `drop_trigger_at_commit(name)` removes it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.state = 'processed' THEN
+                {when_processed}
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE CONSTRAINT TRIGGER {name} AFTER UPDATE ON hl7v2_inboundmessage
+              DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}();
+            """
+        )
+
+
+def drop_trigger_at_commit(name: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DROP TRIGGER IF EXISTS {name} ON hl7v2_inboundmessage; DROP FUNCTION IF EXISTS {name}();"
+        )
 
 
 def unframe(data: bytes) -> bytes:

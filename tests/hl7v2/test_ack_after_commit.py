@@ -9,11 +9,16 @@ nothing; once the trigger is gone, "reprocess" (the admin action's service) appl
 from __future__ import annotations
 
 import pytest
-from django.db import connection
 
 from integrations.hl7v2 import services
 from integrations.hl7v2.models import InboundMessage
-from tests.hl7v2.conftest import ack_fields, find_resources, send_message
+from tests.hl7v2.conftest import (
+    ack_fields,
+    create_trigger_at_commit,
+    drop_trigger_at_commit,
+    find_resources,
+    send_message,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,29 +27,12 @@ MESSAGE = b"MSH|^~\\&|EHR|HOSP|BTT|RAD|20240301||ADT^A01|COMMIT-FAIL|P|2.5\rPID|
 
 @pytest.fixture
 def failing_commit():
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            CREATE FUNCTION hl7_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-              IF NEW.state = 'processed' AND NEW.control_id = 'COMMIT-FAIL' THEN
-                RAISE EXCEPTION 'simulated failure at commit';
-              END IF;
-              RETURN NEW;
-            END $$;
-            CREATE CONSTRAINT TRIGGER hl7_test_refuse AFTER UPDATE ON hl7v2_inboundmessage
-              DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hl7_test_refuse();
-            """
-        )
+    create_trigger_at_commit(
+        "hl7_test_refuse",
+        "IF NEW.control_id = 'COMMIT-FAIL' THEN RAISE EXCEPTION 'simulated failure at commit'; END IF;",
+    )
     yield
-    drop_trigger()
-
-
-def drop_trigger() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "DROP TRIGGER IF EXISTS hl7_test_refuse ON hl7v2_inboundmessage; DROP FUNCTION IF EXISTS hl7_test_refuse();"
-        )
+    drop_trigger_at_commit("hl7_test_refuse")
 
 
 def test_a_failed_commit_answers_ae_and_the_message_can_be_reprocessed(mllp_listener, failing_commit) -> None:
@@ -59,7 +47,7 @@ def test_a_failed_commit_answers_ae_and_the_message_can_be_reprocessed(mllp_list
     assert row.ack_code == "AE"
     assert find_resources("Patient", identifier="urn:btt-health:issuer:HOSP|CF-1") == []  # nothing applied
 
-    drop_trigger()
+    drop_trigger_at_commit("hl7_test_refuse")
     reprocessed = services.reprocess_message(row.pk)
 
     assert reprocessed.state == InboundMessage.State.PROCESSED

@@ -13,9 +13,10 @@ from tests.hl7v2.conftest import (
     MAX_MESSAGE_BYTES,
     STALL_TIMEOUT,
     ack_fields,
+    closed_by_peer,
     find_resources,
+    read_frame,
     send_message,
-    unframe,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,19 +31,6 @@ def _good(n: str) -> bytes:
 def _connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     return sock
-
-
-def _closed(sock: socket.socket, timeout: float) -> bool:
-    """Whether the peer closed the connection within `timeout` (reads what comes until then)."""
-    sock.settimeout(timeout)
-    try:
-        while sock.recv(4096):
-            pass
-        return True
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
 
 
 def test_missing_msh_is_rejected_with_ar(mllp_listener) -> None:
@@ -100,22 +88,22 @@ def test_oversized_message_gets_ar_and_the_connection_goes_on(mllp_listener) -> 
     big = _good("BIG") + b"ZXX|" + b"x" * (MAX_MESSAGE_BYTES + 10) + b"\r"
     with _connect(mllp_listener.port) as sock:
         sock.sendall(b"\x0b" + big + b"\x1c\r")
-        answer = _read_frame(sock)
+        answer = read_frame(sock)
         segments = ack_fields(answer)
         assert segments["MSA"][1:3] == ["AR", "GOOD-BIG"]
         assert "BTT_MLLP_MAX_MESSAGE_BYTES" in segments["ERR"][8]
         sock.sendall(b"\x0b" + _good("AFTER-BIG") + b"\x1c\r")
-        assert ack_fields(_read_frame(sock))["MSA"][1:3] == ["AA", "GOOD-AFTER-BIG"]
+        assert ack_fields(read_frame(sock))["MSA"][1:3] == ["AA", "GOOD-AFTER-BIG"]
     assert find_resources("Patient", identifier="urn:btt-health:issuer:HOSP|OK-BIG") == []
 
 
 def test_broken_framing_closes_the_connection(mllp_listener) -> None:
     with _connect(mllp_listener.port) as sock:  # no start block
         sock.sendall(_good("NOFRAME") + b"\x1c\r")
-        assert _closed(sock, 10)
+        assert closed_by_peer(sock, 10)
     with _connect(mllp_listener.port) as sock:  # a second start block before the end block
         sock.sendall(b"\x0b" + _good("TWICE") + b"\x0b" + _good("TWICE2") + b"\x1c\r")
-        assert _closed(sock, 10)
+        assert closed_by_peer(sock, 10)
     assert not InboundMessage.objects.exists()
 
 
@@ -126,19 +114,8 @@ def test_a_stalled_half_message_is_dropped_while_others_are_served(mllp_listener
         started = time.monotonic()
         # Meanwhile another connection is served at once.
         assert ack_fields(send_message(mllp_listener.port, _good("OTHER")))["MSA"][1] == "AA"
-        assert _closed(stalled, STALL_TIMEOUT + 10)
+        assert closed_by_peer(stalled, STALL_TIMEOUT + 10)
         assert time.monotonic() - started >= STALL_TIMEOUT - 0.5
     assert not InboundMessage.objects.filter(control_id="GOOD-STALL").exists()
     assert find_resources("Patient", identifier="urn:btt-health:issuer:HOSP|OK-STALL") == []
     assert "nothing received for" in mllp_listener.log()
-
-
-def _read_frame(sock: socket.socket) -> bytes:
-    sock.settimeout(30)
-    data = b""
-    while b"\x1c" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return unframe(data)

@@ -13,10 +13,16 @@ import threading
 import time
 
 import pytest
-from django.db import connection
 
 from integrations.hl7v2.models import InboundMessage
-from tests.hl7v2.conftest import ack_fields, send_message
+from tests.hl7v2.conftest import (
+    ack_fields,
+    closed_by_peer,
+    create_trigger_at_commit,
+    drop_trigger_at_commit,
+    read_frame,
+    send_message,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,17 +38,6 @@ def _framed(payload: bytes) -> bytes:
     return b"\x0b" + payload + b"\x1c\r"
 
 
-def _closed_by_peer(sock: socket.socket, within: float) -> bool:
-    """Whether the listener closes `sock` within `within` seconds (end of stream or a reset)."""
-    sock.settimeout(within)
-    try:
-        return sock.recv(65536) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_connections_over_the_limit_are_closed_at_once(start_listener) -> None:
     listener = start_listener(BTT_MLLP_MAX_CONNECTIONS="2")
     first = socket.create_connection(("127.0.0.1", listener.port))
@@ -50,8 +45,8 @@ def test_connections_over_the_limit_are_closed_at_once(start_listener) -> None:
     try:
         time.sleep(0.3)  # both accepted
         with socket.create_connection(("127.0.0.1", listener.port)) as third:
-            assert _closed_by_peer(third, within=5)
-        assert not _closed_by_peer(first, within=0.3)
+            assert closed_by_peer(third, 5)
+        assert not closed_by_peer(first, 0.3)
     finally:
         second.close()
     time.sleep(0.3)  # the second's thread has ended: room for one more
@@ -68,31 +63,17 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(start_listener) -> 
         answer = sock.recv(65536)
         assert b"MSA|AA|IDLE-1" in answer
         began = time.monotonic()
-        assert _closed_by_peer(sock, within=10)
+        assert closed_by_peer(sock, 10)
         assert 0.5 < time.monotonic() - began < 5
 
 
 @pytest.fixture
 def slow_commit():
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            CREATE FUNCTION hl7_test_slow() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-              IF NEW.state = 'processed' AND NEW.control_id = 'STOP-SLOW' THEN
-                PERFORM pg_sleep(2);
-              END IF;
-              RETURN NEW;
-            END $$;
-            CREATE CONSTRAINT TRIGGER hl7_test_slow AFTER UPDATE ON hl7v2_inboundmessage
-              DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hl7_test_slow();
-            """
-        )
+    create_trigger_at_commit(
+        "hl7_test_slow", "IF NEW.control_id = 'STOP-SLOW' THEN PERFORM pg_sleep(2); END IF;"
+    )
     yield
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "DROP TRIGGER IF EXISTS hl7_test_slow ON hl7v2_inboundmessage; DROP FUNCTION IF EXISTS hl7_test_slow();"
-        )
+    drop_trigger_at_commit("hl7_test_slow")
 
 
 def test_stopping_answers_the_message_in_progress_and_closes_waiting_connections(
@@ -105,14 +86,7 @@ def test_stopping_answers_the_message_in_progress_and_closes_waiting_connections
 
     def send_slow() -> None:
         busy.sendall(_framed(_message("STOP-SLOW", "STOP-1")))
-        busy.settimeout(30)
-        answer = b""
-        while b"\x1c" not in answer:
-            chunk = busy.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        answers.append(answer)
+        answers.append(read_frame(busy))
 
     sender = threading.Thread(target=send_slow)
     try:
@@ -120,7 +94,7 @@ def test_stopping_answers_the_message_in_progress_and_closes_waiting_connections
         time.sleep(0.8)  # the message is in its commit's 2 s sleep now
         stopped_at = time.monotonic()
         listener.process.send_signal(15)  # SIGTERM
-        assert _closed_by_peer(waiting, within=1.5)  # closed at once, not after the slow message
+        assert closed_by_peer(waiting, 1.5)  # closed at once, not after the slow message
         assert time.monotonic() - stopped_at < 1.5
         sender.join(30)
         assert answers
