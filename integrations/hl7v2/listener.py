@@ -67,11 +67,6 @@ class MllpListener:
         self._lock = threading.Lock()
         self._connections: dict[threading.Thread, socket.socket] = {}
 
-    @property
-    def connections(self) -> int:
-        with self._lock:
-            return len(self._connections)
-
     def run(self, stop: threading.Event, *, stop_timeout: float = 10.0) -> None:
         """Serve until `stop` is set (blocking). OSError when a port cannot be bound. Installs
         `overlap` for the whole process (the listener runs in a process of its own)."""
