@@ -676,7 +676,8 @@ def upsert_patient(data: mapping.PatientData, *, finish: _Finish | None = None) 
         found = _find_by_identifiers("Patient", data.identifiers, lock=True)
     if found is None:
         # Valid by construction (the mapping's docstring): the store does not validate it again.
-        return _create_prepared("Patient", new.result(), finish=finish)
+        prepared = new.result()
+        return _write("Patient", None, None, prepared.stamped, finish=finish, checked=True, prepared=prepared)
     survivor, existing = _survivor(found)
     if survivor != found:
         # A merged-away Patient stands for its survivor; its identifiers stay where they are.
@@ -853,14 +854,18 @@ def _write(
     *,
     finish: _Finish | None = None,
     checked: bool = False,
+    prepared: store.PreparedCreate | None = None,
 ) -> str:
     """Create or update through the FHIR store; nothing when the content is unchanged. `finish`:
     the write may end the transaction (`_Finish`). `checked`: built from checked values, not
-    validated again (`store.create_resource`).
+    validated again (`store.create_resource`). `prepared`: a new resource's create prepared
+    already (`store.prepare_create`, of a checked `resource`).
 
     Without a savepoint: any error fails the whole message, whose transaction is rolled back."""
     then = finish.then(resource_type) if finish is not None else None
-    if logical_id is None:
+    if logical_id is None and prepared is not None:
+        logical_id = store.create_prepared(prepared, savepoint=False, then=then).stored.logical_id
+    elif logical_id is None:
         logical_id = store.create_resource(
             resource, savepoint=False, then=then, checked=checked
         ).stored.logical_id
@@ -875,15 +880,6 @@ def _write(
             then=then,
             checked=checked,
         )
-    if finish is not None:
-        finish.written()
-    return logical_id
-
-
-def _create_prepared(resource_type: str, prepared: store.PreparedCreate, *, finish: _Finish | None) -> str:
-    """`_write` of a new resource, from its prepared create (`store.prepare_create`)."""
-    then = finish.then(resource_type) if finish is not None else None
-    logical_id = store.create_prepared(prepared, savepoint=False, then=then).stored.logical_id
     if finish is not None:
         finish.written()
     return logical_id
