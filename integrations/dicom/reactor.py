@@ -15,7 +15,9 @@ for associations that `attach(assoc)` prepared:
 - the DUL thread blocks in select() on its socket and a wake-up pipe, which `send_pdu` and
   `kill_dul` write to: incoming data and outgoing primitives are handled at once;
 - the association thread waits on its DIMSE message queue's condition, woken by the DUL thread
-  putting a complete message there.
+  putting a complete message there, or a primitive for the association itself (the peer's
+  A-RELEASE-RQ or an abort, which its loop checks for: without the wake-up the release answer
+  waited up to `_CEILING` for the loop's next turn, 5 ms at the end of every association).
 
 Both still wake at least every `_CEILING` seconds, so everything the loops check besides
 (timers, release and abort requests, a dead DUL thread) is seen within that time.
@@ -117,8 +119,17 @@ def attach(assoc: Any) -> None:
         kill_dul()
         wake()
 
+    to_user = dul.to_user_queue
+
+    def put_for_user_and_wake(primitive: Any, *args: Any, **kwargs: Any) -> None:
+        to_user.__class__.put(to_user, primitive, *args, **kwargs)
+        messages = assoc.dimse.msg_queue  # what `_wait_association` waits on now
+        with messages.not_empty:
+            messages.not_empty.notify_all()
+
     dul.send_pdu = send_pdu_and_wake
     dul.kill_dul = kill_dul_and_wake
+    to_user.put = put_for_user_and_wake
     dul.btt_wake_fd = read_fd
     dul.btt_wake_fds = (read_fd, write_fd)
     assoc.btt_event_driven = True

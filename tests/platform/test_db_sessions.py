@@ -1,7 +1,9 @@
-"""The listener's database sessions (integrations/hl7v2/sessions.py): a lent session is the
-borrowing thread's `django.db.connection` for the block and works from that thread; a connection's
-messages keep to one session while it is free; no more than `size` sessions are ever opened, and a
-borrower beyond them waits until one is given back; after `close()` nothing is lent."""
+"""Database sessions lent to threads (btt_health/db_sessions.py, what the MLLP listener and the
+DICOM node use): a lent session is the borrowing thread's `django.db.connection` for the block
+and works from that thread; a thread keeps to one session while it is free; no more than `size`
+sessions are ever opened, and a borrower beyond them waits until one is given back; no more
+than `keep_idle` stay open while free, and one given back inside a transaction is closed; after
+`close()` nothing is lent."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import threading
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 
-from integrations.hl7v2.sessions import DatabaseSessions
+from btt_health.db_sessions import DatabaseSessions
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,6 +112,39 @@ def test_no_more_than_size_sessions_and_a_borrower_beyond_them_waits() -> None:
 def _lend_and_signal(sessions: DatabaseSessions, event: threading.Event) -> None:
     with sessions.lend():
         event.set()
+
+
+def test_sessions_beyond_keep_idle_are_closed_when_given_back() -> None:
+    sessions = DatabaseSessions(3, keep_idle=1)
+    try:
+        with sessions.lend() as first:
+            _backend_pid()
+            with sessions.lend() as second:
+                _backend_pid()
+                assert sessions.opened == 2
+        # `second` came back first and stays; `first` came back beyond keep_idle and was closed.
+        assert second.connection is not None
+        assert first.connection is None
+        assert sessions.opened == 1
+        with sessions.lend() as again:
+            assert again is second
+    finally:
+        sessions.close()
+
+
+def test_a_session_given_back_inside_a_transaction_is_closed_not_lent_again() -> None:
+    sessions = DatabaseSessions(2)
+    try:
+        with sessions.lend() as session:
+            session.set_autocommit(False)  # a borrower that left its transaction open
+            _backend_pid()
+        assert session.connection is None  # closed: PostgreSQL rolled the transaction back
+        assert sessions.opened == 0
+        with sessions.lend() as fresh:
+            assert fresh is not session
+            assert fresh.get_autocommit()
+    finally:
+        sessions.close()
 
 
 def test_closed_sessions_are_closed_and_not_lent() -> None:
