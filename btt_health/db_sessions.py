@@ -7,11 +7,12 @@ on warm PostgreSQL sessions instead of each opening its own.
 
 - At most `size` sessions are ever open at once. A thread gets the session it names in `prefer`
   (the one it used before) when that is free, else the one freed last, else a new one while
-  fewer than `size` are open, else it waits until one is given back. So a busy MLLP connection
-  keeps to one PostgreSQL session, whose caches and prepared statements are warm (a connection
-  whose messages went to two sessions in turn was about a quarter slower), and a DICOM
-  association starts on a session that is connected already (opening one cost ~5 ms, and its
-  first statements ran on cold caches).
+  fewer than `size` are open, else it waits until one is given back (with `wait=False` it runs
+  on its own connection instead: a DICOM association beyond the limit, only to be rejected). So
+  a busy MLLP connection keeps to one PostgreSQL session, whose caches and prepared statements
+  are warm (a connection whose messages went to two sessions in turn was about a quarter
+  slower), and a DICOM association starts on a session that is connected already (opening one
+  cost ~5 ms, and its first statements ran on cold caches).
 - `keep_idle`: at most this many sessions stay open while free; one given back beyond them is
   closed (a burst of associations does not leave its sessions open for ever).
 - Lending replaces a hand-off to a worker thread: the borrowing thread does the work itself.
@@ -42,11 +43,17 @@ class DatabaseSessions:
         self._closed = False
 
     @contextmanager
-    def lend(self, prefer: BaseDatabaseWrapper | None = None) -> Iterator[BaseDatabaseWrapper]:
+    def lend(
+        self, prefer: BaseDatabaseWrapper | None = None, *, wait: bool = True
+    ) -> Iterator[BaseDatabaseWrapper]:
         """A session as this thread's default database connection for the block (see the module
-        docstring); waits while all `size` are lent."""
-        session = self._take(prefer)
+        docstring); waits while all `size` are lent, or with `wait=False` lends none then: the
+        block runs on the thread's own connection (which the caller closes)."""
         own = connections[DEFAULT_DB_ALIAS]
+        session = self._take(prefer, wait)
+        if session is None:
+            yield own
+            return
         connections[DEFAULT_DB_ALIAS] = session
         try:
             session.close_if_unusable_or_obsolete()
@@ -69,7 +76,7 @@ class DatabaseSessions:
         if not keep:
             session.close()
 
-    def _take(self, prefer: BaseDatabaseWrapper | None) -> BaseDatabaseWrapper:
+    def _take(self, prefer: BaseDatabaseWrapper | None, wait: bool) -> BaseDatabaseWrapper | None:
         with self._ready:
             while True:
                 if self._closed:
@@ -84,6 +91,8 @@ class DatabaseSessions:
                     session.inc_thread_sharing()
                     self._sessions.append(session)
                     return session
+                if not wait:
+                    return None
                 self._ready.wait()
 
     @property

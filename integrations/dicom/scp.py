@@ -24,8 +24,10 @@ of what it proposes (say, only storage contexts without allow_store, or allow_ge
 requestor) is rejected (rejected-permanent, service-user, no reason given). Each operation is
 checked again in its handler (C-STORE: 0x0124 refused, not authorised).
 
-Each association runs in its own thread; its database connection is closed when it ends, and a
-data set left half-received by an abort is deleted from the staging folder.
+Each association runs in its own thread, on a database session the node lends it for its lifetime
+(`btt_health.db_sessions`: opened when the node starts, kept open between associations, so an
+association does not wait for a connection of its own); a data set left half-received by an
+abort is deleted from the staging folder when it ends.
 """
 
 from __future__ import annotations
@@ -58,10 +60,15 @@ from pynetdicom import (
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from btt_health.db_sessions import DatabaseSessions
 from integrations.dicom import reactor, receive, scp_query, scp_store, send, services, tls
 from integrations.dicom.storage import get_instance_storage
 
 logger = logging.getLogger("integrations.dicom.scp")
+
+# Database sessions a DICOM process keeps open while no association uses them (more are opened
+# for concurrent associations, up to their limit, and closed when given back beyond these).
+IDLE_DB_SESSIONS_KEPT = 4
 
 # SOP classes of each Query/Retrieve operation, for the association-time permission check.
 _QR_OPERATIONS = {
@@ -228,10 +235,17 @@ def on_conn_open(event: Event) -> None:
     send.attach(assoc)
     assoc.btt_stats = {"stored": 0, "failed": 0}
     run = assoc.run
+    sessions = getattr(assoc.ae, "btt_db_sessions", None)
 
     def run_and_clean_up() -> None:
         try:
-            run()
+            if sessions is None:
+                run()
+            else:
+                # The node's own, connected with warm caches; an association beyond the limit
+                # (rejected at once) must not wait for one.
+                with sessions.lend(wait=False):
+                    run()
         finally:
             _discard_partial_dataset(assoc)
             reactor.detach(assoc)
@@ -454,6 +468,14 @@ def _warm_up_task_queue() -> None:
         logger.warning("broker not reachable at start (%s); tasks will be queued once it is", exc)
 
 
+def _warm_up_database(sessions: DatabaseSessions) -> None:
+    """Open the first association's database session now and run what every association asks
+    first (the calling AE's permissions), so the first sender waits neither for a connection
+    (~5 ms) nor for a new session's cold caches."""
+    with sessions.lend():
+        services.peer_permissions("")
+
+
 def hand_off(connection: socket.socket, to: socket.socket) -> None:
     """Pass an accepted connection to an SCP process over its handoff socket (the parent of
     several processes accepts, and spreads the connections over them in turn)."""
@@ -500,6 +522,10 @@ class DicomNode:
         self.ae = build_ae()
         if max_associations is not None:
             self.ae.maximum_associations = max_associations
+        # Each association works on a session of these for its lifetime (`on_conn_open`).
+        self.ae.btt_db_sessions = DatabaseSessions(
+            self.ae.maximum_associations, keep_idle=min(IDLE_DB_SESSIONS_KEPT, self.ae.maximum_associations)
+        )
         self.servers: list[ThreadedAssociationServer] = []
 
     def _serve(self, name: str, port: int, ssl_context: ssl.SSLContext | None) -> ThreadedAssociationServer:
@@ -524,6 +550,7 @@ class DicomNode:
         if removed:
             logger.info("removed %d stale staged file(s)", removed)
         _warm_up_task_queue()
+        _warm_up_database(self.ae.btt_db_sessions)
         lines = []
         self._serve("dicom", self.port, None)
         lines.append(f"DICOM {settings.BTT_DICOM_AET} on {self.host}:{self.port}")
@@ -551,6 +578,7 @@ class DicomNode:
             assoc.abort()
         for assoc in left:
             assoc.join(timeout=5)
+        self.ae.btt_db_sessions.close()
 
     def _acceptors(self) -> list:
         return [assoc for assoc in self.ae.active_associations if assoc.is_acceptor and assoc.is_alive()]

@@ -7,7 +7,7 @@ of `serve`) runs it.
 
 - The thread calling `run` accepts connections; each connection gets a thread of its own, which
   reads its frames (`mllp.FrameReader`), hands each message to `services.receive_message` on a
-  database session lent to it (`sessions.DatabaseSessions`: at most `BTT_MLLP_WORKERS`, a
+  database session lent to it (`btt_health.db_sessions.DatabaseSessions`: at most `BTT_MLLP_WORKERS`, a
   connection keeping to the same one while it is free) and writes the ACK once the message is
   committed. Messages on one connection are handled in order, one at a time (MLLP senders wait
   for each ACK); connections do not wait for each other, except for a free session when more of
@@ -37,8 +37,8 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from btt_health.db_sessions import DatabaseSessions
 from integrations.hl7v2 import mllp, overlap, services, tls
-from integrations.hl7v2.sessions import DatabaseSessions
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Database sessions lent to threads (btt_health/db_sessions.py, what the MLLP listener and the
 DICOM node use): a lent session is the borrowing thread's `django.db.connection` for the block
 and works from that thread; a thread keeps to one session while it is free; no more than `size`
-sessions are ever opened, and a borrower beyond them waits until one is given back; no more
-than `keep_idle` stay open while free, and one given back inside a transaction is closed; after
-`close()` nothing is lent."""
+sessions are ever opened, and a borrower beyond them waits until one is given back (or, not
+waiting, runs on its own connection); no more than `keep_idle` stay open while free, and one
+given back inside a transaction is closed; after `close()` nothing is lent."""
 
 from __future__ import annotations
 
@@ -105,6 +105,25 @@ def test_no_more_than_size_sessions_and_a_borrower_beyond_them_waits() -> None:
         assert sessions.opened == 1
         with sessions.lend() as again:
             assert again is held
+    finally:
+        sessions.close()
+
+
+def test_without_waiting_a_borrower_beyond_size_runs_on_its_own_connection() -> None:
+    sessions = DatabaseSessions(1)
+    try:
+        with sessions.lend() as held:
+
+            def borrow_without_waiting():
+                own = connections[DEFAULT_DB_ALIAS]
+                with sessions.lend(wait=False) as session:
+                    assert session is own
+                    _backend_pid()
+                own.close()
+                return session
+
+            assert _in_thread(borrow_without_waiting) is not held
+            assert sessions.opened == 1
     finally:
         sessions.close()
 
