@@ -183,3 +183,17 @@ def test_final_report_goes_out_as_oru_with_retries(celery_worker_process, api_cl
     second = OutboundMessage.objects.exclude(pk=message.pk).get()
     assert "|C\r" in second.payload.split("OBR|", 1)[1].split("\r", 1)[0] + "\r"
     assert destination.messages.count() == 2
+
+    # The amended one goes out too once the receiver is back. (Left pending, its retries ran on
+    # in the session's worker: one raced pytest-django's TRUNCATE at teardown into a deadlock.)
+    receiver = Receiver(port)
+    receiver.start()
+    try:
+        wait_until(
+            lambda: OutboundMessage.objects.filter(pk=second.pk, state="delivered").exists(),
+            90,
+            "the amended report's delivery",
+        )
+    finally:
+        receiver.stop()
+    assert [str(hl7.parse(m).segment("OBR")[25]) for m in receiver.messages] == ["C"]
