@@ -118,6 +118,19 @@ def _report_fixture() -> dict:
     return {**report, "id": report_id}
 
 
+def _received_once_listening(port: int, message: OutboundMessage, what: str) -> list[str]:
+    """Listen on `port` until `message` is delivered; what the receiver got meanwhile."""
+    receiver = Receiver(port)
+    receiver.start()
+    try:
+        wait_until(
+            lambda: OutboundMessage.objects.filter(pk=message.pk, state="delivered").exists(), 90, what
+        )
+    finally:
+        receiver.stop()
+    return receiver.messages
+
+
 def test_final_report_goes_out_as_oru_with_retries(celery_worker_process, api_client) -> None:
     port = free_port()
     destination, _ = add_or_update_destination("RIS", "127.0.0.1", port, receiving_application="RIS")
@@ -142,22 +155,13 @@ def test_final_report_goes_out_as_oru_with_retries(celery_worker_process, api_cl
     assert "to be retried" in message.last_error
     assert f"127.0.0.1:{port}" in message.last_error
 
-    receiver = Receiver(port)
-    receiver.start()
-    try:
-        wait_until(
-            lambda: OutboundMessage.objects.filter(pk=message.pk, state="delivered").exists(),
-            90,
-            "the delivery after the receiver started",
-        )
-    finally:
-        receiver.stop()
+    received = _received_once_listening(port, message, "the delivery after the receiver started")
     message.refresh_from_db()
     assert message.ack_code == "AA"
     assert ack_fields(message.ack)["MSA"][1:3] == ["AA", message.control_id]
     assert message.attempts >= 2
-    assert len(receiver.messages) == 1
-    oru = hl7.parse(receiver.messages[0])
+    assert len(received) == 1
+    oru = hl7.parse(received[0])
     assert str(oru.segment("MSH")[9]) == "ORU^R01^ORU_R01"
     assert str(oru.segment("MSH")[10]) == message.control_id
     assert str(oru.segment("MSH")[5]) == "RIS"
@@ -186,14 +190,5 @@ def test_final_report_goes_out_as_oru_with_retries(celery_worker_process, api_cl
 
     # The amended one goes out too once the receiver is back. (Left pending, its retries ran on
     # in the session's worker: one raced pytest-django's TRUNCATE at teardown into a deadlock.)
-    receiver = Receiver(port)
-    receiver.start()
-    try:
-        wait_until(
-            lambda: OutboundMessage.objects.filter(pk=second.pk, state="delivered").exists(),
-            90,
-            "the amended report's delivery",
-        )
-    finally:
-        receiver.stop()
-    assert [str(hl7.parse(m).segment("OBR")[25]) for m in receiver.messages] == ["C"]
+    received = _received_once_listening(port, second, "the amended report's delivery")
+    assert [str(hl7.parse(m).segment("OBR")[25]) for m in received] == ["C"]
