@@ -1018,8 +1018,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results: dict[tuple[str, int], Measurement] = {}
         runs: dict[tuple[str, int], list[Measurement]] = {}
         for round_ in range(args.repeat):
-            # The receivers take turns, so drift in load hits them alike, each round in another order
-            # (what one leaves behind - dirty pages, freed memory - hits whoever follows it).
+            # The receivers take turns, so drift in load hits them alike, each round in an order
+            # rotated by one (each is measured first, second and third of a round in turn).
             order = receivers[round_ % len(receivers) :] + receivers[: round_ % len(receivers)]
             for n in args.associations:
                 for receiver in order:
