@@ -634,7 +634,11 @@ def _index(
         "tags": header.json(INSTANCE_TAGS),
     }
     connection_ = transaction.get_connection()
-    try_fast = not look_for_existing and connection_.vendor == "postgresql"
+    # Under the keep policy the one statement also covers a copy indexed meanwhile (a duplicate),
+    # so a retry after a race takes it too: several associations that started one new series
+    # together then add their first instances with a statement each, not an ORM transaction each
+    # queued on the study row.
+    try_fast = connection_.vendor == "postgresql" and (policy == "keep" or not look_for_existing)
     if try_fast and not connection_.in_atomic_block:
         wait_durable()
         fast = _insert_into_known_series(header, fields)  # autocommit: committed when it returns

@@ -255,3 +255,37 @@ def test_concurrent_senders(node: DicomNode, tmp_path: Path) -> None:
     stored = Study.objects.get(study_instance_uid=study)
     assert (stored.number_of_series, stored.number_of_instances) == (3, 15)
     assert Instance.objects.filter(series__study=stored).count() == 15
+
+
+def test_concurrent_senders_starting_one_new_series(node: DicomNode, tmp_path: Path) -> None:
+    """Four storescu processes at once, each with its own 4 instances of one series the node has
+    not seen (a modality's batches over several associations): the first instances race to create
+    patient, study and series; all 16 are indexed once, in one series, counted once."""
+    from tests.dicom.store_support import new_uid
+
+    study, series = new_uid(), new_uid()
+    folders = []
+    for sender in range(4):
+        folder = tmp_path / f"sender{sender}"
+        folder.mkdir()
+        for number in range(4):
+            instance = make_ct(study_uid=study, series_uid=series, instance_number=sender * 4 + number)
+            write_part10(instance, folder / f"{number}.dcm")
+        folders.append(folder)
+    results = []
+
+    def send(folder: Path) -> None:
+        results.append(run_dcmtk("storescu", "+sd", "-aec", node.aet, node.host, str(node.port), str(folder)))
+
+    threads = [threading.Thread(target=send, args=(folder,)) for folder in folders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stdout + r.stderr for r in results]
+    from integrations.dicom.models import Series, Study
+
+    stored = Study.objects.get(study_instance_uid=study)
+    assert (stored.number_of_series, stored.number_of_instances) == (1, 16)
+    assert Series.objects.get(series_instance_uid=series).number_of_instances == 16
+    assert Instance.objects.filter(series__series_instance_uid=series).count() == 16
