@@ -618,8 +618,9 @@ def _index(
     while that statement runs, not across an fsync and two more round trips. The first instance
     of a series goes through the ORM in one durable transaction that waits for the fsync before
     it commits. A copy of the same SOP Instance UID indexed in the meantime is found (keep: a
-    duplicate) or, in the ORM path, makes the INSERT fail and the caller retries with
-    `look_for_existing`. `wait_durable` makes the file durable (in this thread on the fast path:
+    duplicate) or, in the ORM path, makes the INSERT fail (as do a patient, study or series
+    created meanwhile) and the caller retries with `look_for_existing`: under the keep policy
+    through the one statement first, which finds both. `wait_durable` makes the file durable (in this thread on the fast path:
     there is nothing to overlap it with, and a thread handoff costs more) and raises StorageError
     when the fsync failed (then nothing is indexed); `start_durable` starts that in the
     background, for the ORM path to overlap it with its statements."""
