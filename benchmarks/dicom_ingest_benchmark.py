@@ -68,6 +68,7 @@ from fhir_benchmark import (
     log_tail,
     machine_description,
     manage,
+    meminfo_kib,
     record,
     stop_group,
     targets_passed,
@@ -619,18 +620,10 @@ def warm_free_memory(mib: int = WARM_MEMORY_MIB) -> None:
     (Orthanc, measured right after our node freed ~450 MiB, ran ~25% faster than after
     storescp). Releasing the same backed memory before every push gives each receiver what a
     bare-metal host always has."""
-    available_mib = _meminfo_kib("MemAvailable") // 1024
+    available_mib = meminfo_kib("MemAvailable") // 1024
     mib = min(mib, available_mib // 4)  # never press a small machine for memory
     touch = f"import mmap\nm = mmap.mmap(-1, {mib} << 20)\nfor i in range(0, len(m), 4096): m[i] = 1"
     subprocess.run([sys.executable, "-c", touch], check=True)
-
-
-def _meminfo_kib(field: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name == field:
-            return int(value.split()[0])
-    raise RuntimeError(f"/proc/meminfo has no {field}")
 
 
 def push(receiver: Receiver, series: Series, associations: int, logdir: Path) -> tuple[float, list[str]]:

@@ -859,6 +859,15 @@ def cpu_probe() -> str:
     return f"{best:.2f} s for 5,000,000 additions in a Python loop (lower is faster)"
 
 
+def meminfo_kib(field: str) -> int:
+    """A field of /proc/meminfo, in KiB (KeyError when it has none)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    raise KeyError(f"/proc/meminfo has no {field}")
+
+
 def machine_description(pg_version: str, load_before: str) -> dict[str, str]:
     """CPU model, cores, memory, PostgreSQL version, date, git commit and load, for the record."""
     cpu = "unknown"
@@ -868,11 +877,8 @@ def machine_description(pg_version: str, load_before: str) -> dict[str, str]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
+    with contextlib.suppress(OSError, ValueError, IndexError, KeyError):
+        memory = f"{meminfo_kib('MemTotal') / 1024 / 1024:.1f} GiB"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     commit = "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):

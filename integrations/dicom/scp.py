@@ -235,17 +235,14 @@ def on_conn_open(event: Event) -> None:
     send.attach(assoc)
     assoc.btt_stats = {"stored": 0, "failed": 0}
     run = assoc.run
-    sessions = getattr(assoc.ae, "btt_db_sessions", None)
+    sessions = assoc.ae.btt_db_sessions  # `DicomNode`'s
 
     def run_and_clean_up() -> None:
         try:
-            if sessions is None:
+            # The node's own, connected with warm caches; an association beyond the limit
+            # (rejected at once) must not wait for one.
+            with sessions.lend(wait=False):
                 run()
-            else:
-                # The node's own, connected with warm caches; an association beyond the limit
-                # (rejected at once) must not wait for one.
-                with sessions.lend(wait=False):
-                    run()
         finally:
             _discard_partial_dataset(assoc)
             reactor.detach(assoc)

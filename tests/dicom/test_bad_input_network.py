@@ -224,6 +224,21 @@ def _try_echo(node: DicomNode) -> bool:
     return run_dcmtk("echoscu", "-aec", node.aet, node.host, str(node.port)).returncode == 0
 
 
+def _send_at_once(node: DicomNode, folders: list[Path]) -> None:
+    """One storescu process per folder, all at once; every one succeeds."""
+    results = []
+
+    def send(folder: Path) -> None:
+        results.append(run_dcmtk("storescu", "+sd", "-aec", node.aet, node.host, str(node.port), str(folder)))
+
+    threads = [threading.Thread(target=send, args=(folder,)) for folder in folders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.returncode for r in results] == [0] * len(folders), [r.stdout + r.stderr for r in results]
+
+
 def test_concurrent_senders(node: DicomNode, tmp_path: Path) -> None:
     """Three storescu processes at once, 5 instances each, into one study: all 15 indexed once."""
     from tests.dicom.store_support import new_uid
@@ -239,17 +254,7 @@ def test_concurrent_senders(node: DicomNode, tmp_path: Path) -> None:
                 make_ct(study_uid=study, series_uid=series, instance_number=number), folder / f"{number}.dcm"
             )
         folders.append(folder)
-    results = []
-
-    def send(folder: Path) -> None:
-        results.append(run_dcmtk("storescu", "+sd", "-aec", node.aet, node.host, str(node.port), str(folder)))
-
-    threads = [threading.Thread(target=send, args=(folder,)) for folder in folders]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [r.returncode for r in results] == [0, 0, 0], [r.stdout + r.stderr for r in results]
+    _send_at_once(node, folders)
     from integrations.dicom.models import Study
 
     stored = Study.objects.get(study_instance_uid=study)
@@ -272,17 +277,7 @@ def test_concurrent_senders_starting_one_new_series(node: DicomNode, tmp_path: P
             instance = make_ct(study_uid=study, series_uid=series, instance_number=sender * 4 + number)
             write_part10(instance, folder / f"{number}.dcm")
         folders.append(folder)
-    results = []
-
-    def send(folder: Path) -> None:
-        results.append(run_dcmtk("storescu", "+sd", "-aec", node.aet, node.host, str(node.port), str(folder)))
-
-    threads = [threading.Thread(target=send, args=(folder,)) for folder in folders]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stdout + r.stderr for r in results]
+    _send_at_once(node, folders)
     from integrations.dicom.models import Series, Study
 
     stored = Study.objects.get(study_instance_uid=study)
